@@ -1,0 +1,47 @@
+//! `bitcloud mount MOUNTPOINT`: foreground until unmounted, Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::config::{Config, Paths};
+use crate::daemon::{MountRequest, run_mount};
+use crate::keys::{self, KeyError, VolumeKeys};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing, empty directory to mount the volume on.
+    pub mountpoint: PathBuf,
+
+    /// FUSE mount options, comma-separated, repeatable: allow_other, allow_root, ro, noexec,
+    /// nosuid, nodev, noatime, sync, dirsync, auto_unmount (with allow_other/allow_root).
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+
+    /// Read the identity's passphrase from this file (first line). BITCLOUD_PASSPHRASE also
+    /// works; otherwise you are asked on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
+    let identity = paths.identity_file();
+    if !identity.exists() || !paths.volume_dir().join("meta.redb").exists() {
+        bail!("not initialised: no volume under {} (run `bitcloud init` first)", paths.config_dir.display());
+    }
+    let config = Config::load(&paths.config_file())?;
+    let mut pass = super::passphrase::given(args.passphrase_file.as_deref())?;
+    if pass.is_none() && keys::is_protected(&identity)? {
+        pass = super::passphrase::prompt("Passphrase for the bitcloud identity: ")?;
+    }
+    let id = match keys::load_identity(&identity, pass.as_ref()) {
+        Ok(id) => id,
+        Err(e @ KeyError::WrongPassphrase { .. }) => bail!(e),
+        Err(e) => return Err(e.into()),
+    };
+    run_mount(
+        paths,
+        MountRequest { mountpoint: args.mountpoint, options: args.options, keys: VolumeKeys::derive(id), config },
+    )
+}

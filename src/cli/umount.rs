@@ -1,0 +1,49 @@
+//! `bitcloud umount MOUNTPOINT`: unmount, then wait for the mount process to finish flushing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::config::Paths;
+use crate::daemon::{SUBTYPE, VolumeLock, mountpoint};
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Where the volume is mounted.
+    pub mountpoint: PathBuf,
+
+    /// Seconds to wait for the mount process to finish writing after the unmount.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
+    let path = &args.mountpoint;
+    if mountpoint::is_stale(path) {
+        mountpoint::detach(path)?;
+        println!("bitcloud: detached the dead mount at {} (its process had died)", path.display());
+        return Ok(());
+    }
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", path.display()))?;
+    match mountpoint::mount_at(&canonical) {
+        Some(m) if m.fstype == format!("fuse.{SUBTYPE}") => {}
+        Some(m) => bail!("{} is not a bitcloud mount (it is {})", canonical.display(), m.fstype),
+        None => bail!("{} is not mounted", canonical.display()),
+    }
+    if let Err(e) = mountpoint::unmount(&canonical) {
+        bail!("cannot unmount {}: {e} (close the files open there, then try again)", canonical.display());
+    }
+    let lock = paths.lock_file();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    while VolumeLock::is_held(&lock) {
+        if Instant::now() > deadline {
+            bail!("unmounted, but the mount process is still flushing after {} s", args.timeout);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("bitcloud: unmounted {}", canonical.display());
+    Ok(())
+}

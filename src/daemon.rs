@@ -1,0 +1,252 @@
+//! The mount's lifecycle: checks, locking, key loading, the FUSE session, signals, periodic
+//! checkpoints, the control socket, and an orderly stop.
+//!
+//! Loop of a running mount (tokio, current thread):
+//! 1. wait for SIGTERM / SIGINT (unmount), SIGHUP (config reload: logged, nothing hot-reloadable
+//!    yet), an `umount` request on the control socket, the FUSE session ending (someone ran
+//!    `fusermount3 -u`), or the checkpoint tick;
+//! 2. on the tick, make committed changes durable (`Volume::checkpoint`) off the loop thread;
+//! 3. on a stop request, unmount (lazily if files are still open), wait for the session thread,
+//!    then flush every buffer and checkpoint (`Volume::shutdown`) before exiting.
+//!
+//! What survives a stop that is not clean (kill -9, power loss): everything up to the last
+//! checkpoint or fsync; the next mount detaches the dead mountpoint and finishes interrupted
+//! deletions (see `Volume::load`).
+
+pub mod control;
+pub mod mountpoint;
+pub mod notify;
+pub mod status;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use fuser::{MountOption, SessionACL};
+
+use crate::config::{Config, Paths};
+use crate::fuse::BitcloudFs;
+use crate::keys::VolumeKeys;
+use crate::volume::Volume;
+
+/// The filesystem type shown in /proc/mounts is `fuse.<SUBTYPE>`.
+pub const SUBTYPE: &str = "bitcloud";
+
+/// An exclusive lock on the volume, held for as long as it is mounted.
+#[derive(Debug)]
+pub struct VolumeLock {
+    _file: File,
+}
+
+impl VolumeLock {
+    /// Takes the lock or says who holds it.
+    pub fn acquire(path: &Path) -> Result<VolumeLock> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on a valid open descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            bail!(
+                "the volume is already mounted by another bitcloud process (pid {})",
+                holder.trim()
+            );
+        }
+        file.set_len(0)?;
+        std::fs::write(path, std::process::id().to_string())?;
+        Ok(VolumeLock { _file: file })
+    }
+
+    /// Whether some process holds the lock at `path` right now.
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = File::open(path) else { return false };
+        // SAFETY: flock on a valid open descriptor; released when `file` drops.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0
+    }
+}
+
+/// Everything `bitcloud mount` was asked.
+#[derive(Debug)]
+pub struct MountRequest {
+    pub mountpoint: PathBuf,
+    /// `-o` options, already split at commas.
+    pub options: Vec<String>,
+    pub keys: VolumeKeys,
+    pub config: Config,
+}
+
+fn fuse_options(opts: &[String]) -> Result<(Vec<MountOption>, SessionACL)> {
+    let mut out = vec![
+        MountOption::FSName("bitcloud".into()),
+        MountOption::Subtype(SUBTYPE.into()),
+        MountOption::DefaultPermissions,
+    ];
+    let mut acl = SessionACL::Owner;
+    for o in opts {
+        match o.as_str() {
+            "" => {}
+            "allow_other" => acl = SessionACL::All,
+            "allow_root" => acl = SessionACL::RootAndOwner,
+            "default_permissions" => {}
+            "ro" => out.push(MountOption::RO),
+            "rw" => out.push(MountOption::RW),
+            "exec" => out.push(MountOption::Exec),
+            "noexec" => out.push(MountOption::NoExec),
+            "suid" => out.push(MountOption::Suid),
+            "nosuid" => out.push(MountOption::NoSuid),
+            "dev" => out.push(MountOption::Dev),
+            "nodev" => out.push(MountOption::NoDev),
+            "atime" => out.push(MountOption::Atime),
+            "noatime" => out.push(MountOption::NoAtime),
+            "sync" => out.push(MountOption::Sync),
+            "async" => out.push(MountOption::Async),
+            "dirsync" => out.push(MountOption::DirSync),
+            "auto_unmount" => out.push(MountOption::AutoUnmount),
+            o if o.starts_with("fsname=") || o.starts_with("subtype=") => {
+                bail!("mount option {o:?} cannot be changed: bitcloud mounts are fsname=bitcloud, type fuse.bitcloud")
+            }
+            o => bail!("unknown mount option {o:?} (see `bitcloud mount --help`)"),
+        }
+    }
+    if out.contains(&MountOption::AutoUnmount) && acl == SessionACL::Owner {
+        bail!("-o auto_unmount needs -o allow_other or -o allow_root");
+    }
+    Ok((out, acl))
+}
+
+/// Checks the mountpoint, detaching a dead mount left by a crash. Returns its canonical path.
+pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
+    if mountpoint::is_stale(path) {
+        tracing::warn!(target: "bitcloud::daemon", path = %path.display(), "detaching a dead mount left by an earlier crash");
+        mountpoint::detach(path).with_context(|| format!("detaching the dead mount at {}", path.display()))?;
+    }
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("mountpoint {} does not exist (create it with mkdir)", path.display()),
+        _ => anyhow!("mountpoint {}: {e}", path.display()),
+    })?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", path.display());
+    }
+    let canonical = std::fs::canonicalize(path)?;
+    if let Some(m) = mountpoint::mount_at(&canonical) {
+        if m.fstype == format!("fuse.{SUBTYPE}") {
+            bail!("{} is already mounted (a bitcloud volume is mounted there)", canonical.display());
+        }
+        bail!("mountpoint {} is busy: {} ({}) is mounted there", canonical.display(), m.source, m.fstype);
+    }
+    Ok(canonical)
+}
+
+/// Mounts the volume and serves it until unmounted or signalled. Blocks.
+pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
+    let mountpoint = prepare_mountpoint(&req.mountpoint)?;
+    let (options, acl) = fuse_options(&req.options)?;
+    let _lock = VolumeLock::acquire(&paths.lock_file())?;
+    let (volume, recovery) = Volume::load(&paths.volume_dir(), req.keys, req.config.mount.seal_threads)
+        .context("opening the volume")?;
+    if recovery.orphans_removed + recovery.stray_blocks_removed > 0 {
+        tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
+    }
+
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = acl;
+    fuse_config.n_threads = Some(req.config.mount.fuse_threads);
+    let mut session = fuser::Session::new(BitcloudFs::new(volume.clone()), &mountpoint, &fuse_config)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let background = session.spawn().context("starting the FUSE session")?;
+
+    // Ready only once the mount answers: stat of the root goes through our getattr.
+    let root = std::fs::metadata(&mountpoint).context("the new mount does not answer")?;
+    if root.ino() != crate::ids::InodeNo::ROOT.0 {
+        bail!("the mount at {} did not come up (root inode {})", mountpoint.display(), root.ino());
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let control_stop = stop_tx.clone();
+    let control = control::ControlServer {
+        path: paths.control_socket(),
+        volume: volume.clone(),
+        mountpoint: mountpoint.clone(),
+        on_umount: Box::new(move || {
+            let _ = control_stop.try_send("umount request");
+        }),
+    };
+    if let Err(e) = control.spawn() {
+        tracing::warn!(target: "bitcloud::daemon", error = %e, "control socket unavailable; status will read the database");
+    }
+    tracing::info!(target: "bitcloud::daemon", mountpoint = %mountpoint.display(), "mounted");
+    eprintln!("bitcloud: mounted at {} (Ctrl-C or `bitcloud umount {}` to stop)", mountpoint.display(), mountpoint.display());
+    notify::notify("READY=1");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reason = runtime.block_on(wait_for_stop(volume.clone(), stop_rx, background, &mountpoint, &mut unmounter, req.config.mount.checkpoint_secs))?;
+    tracing::info!(target: "bitcloud::daemon", reason, "stopping");
+    notify::notify("STOPPING=1");
+    volume.shutdown().context("flushing the volume at unmount")?;
+    let _ = std::fs::remove_file(paths.control_socket());
+    eprintln!("bitcloud: unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+async fn wait_for_stop(
+    volume: Arc<Volume>,
+    mut stop_rx: tokio::sync::mpsc::Receiver<&'static str>,
+    background: fuser::BackgroundSession,
+    mountpoint: &Path,
+    unmounter: &mut fuser::SessionUnmounter,
+    checkpoint_secs: u64,
+) -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("bitcloud-session".into()).spawn(move || {
+        let _ = done_tx.send(background.join());
+    })?;
+    let mut tick = tokio::time::interval(Duration::from_secs(checkpoint_secs));
+    let reason = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            Some(r) = stop_rx.recv() => break r,
+            _ = hup.recv() => {
+                tracing::info!(target: "bitcloud::daemon", "SIGHUP: nothing in config.toml can change while mounted yet; restart to apply");
+            }
+            r = &mut done_rx => {
+                if let Ok(Err(e)) = r {
+                    tracing::error!(target: "bitcloud::daemon", error = %e, "FUSE session ended with an error");
+                }
+                return Ok("unmounted externally");
+            }
+            _ = tick.tick() => {
+                if volume.needs_checkpoint() {
+                    let v = volume.clone();
+                    let r = tokio::task::spawn_blocking(move || v.checkpoint()).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!(target: "bitcloud::daemon", error = %e, "checkpoint failed");
+                    }
+                }
+            }
+        }
+    };
+    notify::notify("STOPPING=1");
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!(target: "bitcloud::daemon", error = %e, "unmount failed (files still open?); detaching lazily");
+        mountpoint::detach(mountpoint).with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    }
+    let _ = done_rx.await;
+    Ok(reason)
+}

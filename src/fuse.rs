@@ -1,0 +1,571 @@
+//! The FUSE adapter: implements `fuser::Filesystem` on top of [`Volume`] and does nothing
+//! else. It converts arguments, replies, and maps every [`VolumeError`] to one errno in
+//! [`errno_of`] (an exhaustive match: a new variant does not compile until it has an errno).
+//! Each failed request is logged once here, with its op, inode and error chain.
+//!
+//! Caching: entries and attributes are cached by the kernel for [`ATTR_TTL`]. Every reply to
+//! an operation that changes link counts or ctimes carries fresh attributes, and the kernel
+//! invalidates the attributes of inodes touched by link/unlink/rename itself.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::ids::InodeNo as Ino;
+use crate::meta::codec::{Kind, Timestamp};
+use crate::volume::{
+    Attr, Caller, RenameMode, SetAttr, TimeSet, Volume, VolumeError, XattrMode,
+};
+
+/// How long the kernel may cache entries and attributes.
+pub const ATTR_TTL: Duration = Duration::from_secs(1);
+
+/// The errno for each volume error.
+pub fn errno_of(e: &VolumeError) -> Errno {
+    match e {
+        VolumeError::NotFound => Errno::ENOENT,
+        VolumeError::Exists => Errno::EEXIST,
+        VolumeError::NotDir => Errno::ENOTDIR,
+        VolumeError::IsDir => Errno::EISDIR,
+        VolumeError::NotEmpty => Errno::ENOTEMPTY,
+        VolumeError::NameTooLong => Errno::ENAMETOOLONG,
+        VolumeError::Invalid(_) => Errno::EINVAL,
+        VolumeError::NotPermitted(_) => Errno::EPERM,
+        VolumeError::NoXattr => Errno::from_i32(libc::ENODATA),
+        VolumeError::Range { .. } => Errno::from_i32(libc::ERANGE),
+        VolumeError::NotSupported(_) => Errno::from_i32(libc::EOPNOTSUPP),
+        VolumeError::FileTooBig => Errno::from_i32(libc::EFBIG),
+        VolumeError::TooManyLinks => Errno::from_i32(libc::EMLINK),
+        VolumeError::NoSpace => Errno::from_i32(libc::ENOSPC),
+        VolumeError::BadHandle => Errno::EBADF,
+        VolumeError::Corrupt { .. } => Errno::EIO,
+        VolumeError::Meta(_) => Errno::EIO,
+        VolumeError::Store(_) => Errno::EIO,
+        VolumeError::Seal(_) => Errno::EIO,
+        VolumeError::ShuttingDown => Errno::EIO,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    let i = &a.inode;
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: i.size,
+        blocks: a.blocks512,
+        atime: i.atime.to_system(),
+        mtime: i.mtime.to_system(),
+        ctime: i.ctime.to_system(),
+        crtime: i.crtime.to_system(),
+        kind: file_type(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(s) => TimeSet::At(Timestamp::from_system(s)),
+    }
+}
+
+/// The filesystem served to the kernel.
+pub struct BitcloudFs {
+    volume: Arc<Volume>,
+}
+
+impl std::fmt::Debug for BitcloudFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BitcloudFs")
+    }
+}
+
+impl BitcloudFs {
+    pub fn new(volume: Arc<Volume>) -> BitcloudFs {
+        BitcloudFs { volume }
+    }
+}
+
+/// Logs a failed request once, at a level that fits the error, and returns its errno.
+fn fail(op: &str, ino: u64, e: &VolumeError) -> Errno {
+    let errno = errno_of(e);
+    match e {
+        VolumeError::Corrupt { .. }
+        | VolumeError::Meta(_)
+        | VolumeError::Store(_)
+        | VolumeError::Seal(_)
+        | VolumeError::NoSpace => {
+            tracing::error!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
+        }
+        _ => tracing::debug!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed"),
+    }
+    errno
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+impl Filesystem for BitcloudFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.volume.lookup(Ino(parent.0), name.as_bytes()) {
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(fail("lookup", parent.0, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.volume.getattr(Ino(ino.0)) {
+            Ok(a) => reply.attr(&ATTR_TTL, &to_fuse(&a)),
+            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let req = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(Timestamp::from_system),
+        };
+        match self.volume.setattr(Ino(ino.0), req) {
+            Ok(a) => reply.attr(&ATTR_TTL, &to_fuse(&a)),
+            Err(e) => reply.error(fail("setattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.volume.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(fail("readlink", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            libc::S_IFDIR => Kind::Dir,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.volume.create_node(Ino(parent.0), name.as_bytes(), kind, mode, rdev, caller(req), None) {
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(fail("mknod", parent.0, &e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        match self.volume.create_node(Ino(parent.0), name.as_bytes(), Kind::Dir, mode, 0, caller(req), None) {
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(fail("mkdir", parent.0, &e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.volume.unlink(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", parent.0, &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.volume.rmdir(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", parent.0, &e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes();
+        match self.volume.create_node(
+            Ino(parent.0),
+            link_name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            0,
+            caller(req),
+            Some(target),
+        ) {
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(fail("symlink", parent.0, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.volume.rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rename", parent.0, &e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        match self.volume.link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()) {
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(fail("link", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.volume.open(Ino(ino.0), crate::volume::OpenFlags { write }) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(fail("open", ino.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.volume.read(Ino(ino.0), offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(fail("read", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.volume.write(Ino(ino.0), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(fail("write", ino.0, &e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.volume.flush(Ino(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("flush", ino.0, &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.volume.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", ino.0, &e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.volume.fsync(Ino(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsync", ino.0, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.volume.getattr(Ino(ino.0)) {
+            Ok(a) if a.inode.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = Ino(ino.0);
+        if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset <= 1 {
+            let parent = match self.volume.parent_of(dir) {
+                Ok(p) => p,
+                Err(e) => return reply.error(fail("readdir", ino.0, &e)),
+            };
+            if reply.add(INodeNo(parent.0), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset;
+        loop {
+            let entries = match self.volume.readdir(dir, cookie, 128, false) {
+                Ok(e) => e,
+                Err(e) => return reply.error(fail("readdir", ino.0, &e)),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for e in entries {
+                if reply.add(INodeNo(e.ino.0), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = Ino(ino.0);
+        if offset <= 1 {
+            let me = match self.volume.getattr(dir) {
+                Ok(a) => a,
+                Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
+            };
+            if offset == 0 && reply.add(ino, 1, ".", &ATTR_TTL, &to_fuse(&me), Generation(0)) {
+                return reply.ok();
+            }
+            let parent = match self.volume.parent_of(dir).and_then(|p| self.volume.getattr(p)) {
+                Ok(a) => a,
+                Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
+            };
+            if reply.add(INodeNo(parent.ino.0), 2, "..", &ATTR_TTL, &to_fuse(&parent), Generation(0)) {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset;
+        loop {
+            let entries = match self.volume.readdir(dir, cookie, 128, true) {
+                Ok(e) => e,
+                Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for e in entries {
+                let attr = e.attr.as_ref().map(to_fuse).expect("readdir with plus fills attrs");
+                if reply.add(INodeNo(e.ino.0), e.cookie, OsStr::from_bytes(&e.name), &ATTR_TTL, &attr, Generation(0)) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.volume.checkpoint() {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.volume.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_avail,
+                s.files,
+                s.files_free,
+                s.block_size,
+                crate::volume::NAME_MAX as u32,
+                s.block_size,
+            ),
+            Err(e) => reply.error(fail("statfs", ino.0, &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.volume.setxattr(Ino(ino.0), name.as_bytes(), value, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", ino.0, &e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.volume.getxattr(Ino(ino.0), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Err(e) => reply.error(fail("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.volume.listxattr(Ino(ino.0)) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+            Err(e) => reply.error(fail("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.volume.removexattr(Ino(ino.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("removexattr", ino.0, &e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions); this only says it exists.
+        match self.volume.getattr(Ino(ino.0)) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fail("access", ino.0, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let v = &self.volume;
+        let created = v
+            .create_node(Ino(parent.0), name.as_bytes(), Kind::File, mode, 0, caller(req), None)
+            .and_then(|a| Ok((v.open(a.ino, crate::volume::OpenFlags { write: true })?, a)));
+        match created {
+            Ok((fh, a)) => {
+                reply.created(&ATTR_TTL, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(fail("create", parent.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.volume.fallocate(Ino(ino.0), offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fallocate", ino.0, &e)),
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The metadata store: sole owner of the volume's redb database.
+//!
+//! Every POSIX change is one [`WriteTx`]; its commit is atomic, so a crash leaves either the old
+//! or the new state. Ordinary commits use `Durability::None` (fast, survive a process crash only
+//! up to the last durable commit); [`MetaStore::commit_durable`] makes everything so far durable
+//! and is what `fsync`, the periodic checkpoint and unmount call.
+//!
+//! Refcounts change in the same transaction as the block map slot that references them. A
+//! block whose refcount falls to zero moves to the `gc` table stamped with the current durable
+//! *epoch*; its file may be deleted only once a durable commit has covered that epoch (see
+//! [`MetaStore::collectable`]), so a crash can never roll the volume back to a state that
+//! references a deleted block.
+
+pub mod codec;
+pub mod tables;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::ids::{BlockId, InodeNo};
+use crate::names::Tag;
+use codec::{BlockRecord, DecodeError, Dirent, Inode};
+use tables::*;
+
+/// On-disk format version of the metadata database. Bumped on any incompatible change.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Failures of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database: {0}")]
+    Storage(#[from] redb::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("metadata database has format version {found}, this bitcloud reads {FORMAT_VERSION}")]
+    UnsupportedFormat { found: u64 },
+    #[error("metadata database is not initialised (missing superblock)")]
+    NotInitialised,
+    #[error("no space left on the device holding the metadata database")]
+    NoSpace,
+}
+
+impl MetaError {
+    fn from_redb(e: impl Into<redb::Error>) -> MetaError {
+        let e: redb::Error = e.into();
+        if let redb::Error::Io(io) = &e
+            && (io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EDQUOT))
+        {
+            return MetaError::NoSpace;
+        }
+        MetaError::Storage(e)
+    }
+}
+
+macro_rules! db {
+    ($e:expr) => {
+        $e.map_err(MetaError::from_redb)?
+    };
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// Volume-wide parameters stored in the superblock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub format: u64,
+    pub block_size: u32,
+}
+
+/// The metadata database of one volume.
+#[derive(Debug)]
+pub struct MetaStore {
+    db: Database,
+    /// The durable epoch the next commit belongs to (see module doc).
+    epoch: AtomicU64,
+}
+
+impl MetaStore {
+    /// Creates a new database with an empty root directory owned by `uid`/`gid`.
+    pub fn create(path: &Path, block_size: u32, uid: u32, gid: u32) -> Result<MetaStore> {
+        let db = db!(Database::builder().create(path));
+        let store = MetaStore { db, epoch: AtomicU64::new(1) };
+        let mut tx = store.write()?;
+        {
+            let mut sb = db!(tx.txn.open_table(SUPERBLOCK));
+            db!(sb.insert("format", FORMAT_VERSION));
+            db!(sb.insert("block_size", block_size as u64));
+            db!(sb.insert("next_ino", InodeNo::ROOT.0 + 1));
+        }
+        let now = codec::Timestamp::now();
+        tx.put_inode(
+            InodeNo::ROOT,
+            &Inode {
+                kind: codec::Kind::Dir,
+                perm: 0o755,
+                uid,
+                gid,
+                nlink: 2,
+                size: 0,
+                rdev: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                stored_blocks: 0,
+                parent: InodeNo::ROOT.0,
+            },
+        )?;
+        // Create every table so read transactions never meet a missing one.
+        tx.touch_tables()?;
+        tx.commit()?;
+        store.commit_durable()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database and checks its format version.
+    pub fn open(path: &Path) -> Result<MetaStore> {
+        let db = db!(Database::builder().open(path));
+        let store = MetaStore { db, epoch: AtomicU64::new(0) };
+        let sb = store.superblock()?;
+        if sb.format != FORMAT_VERSION {
+            return Err(MetaError::UnsupportedFormat { found: sb.format });
+        }
+        // Everything that survived the open is durable: start past every stamped epoch.
+        let tx = store.read()?;
+        let max = {
+            let gc = db!(tx.txn.open_table(GC));
+            let mut max = 0u64;
+            for row in db!(gc.iter()) {
+                let (_, v) = db!(row);
+                max = max.max(v.value());
+            }
+            max
+        };
+        store.epoch.store(max + 1, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    /// The volume's parameters.
+    pub fn superblock(&self) -> Result<Superblock> {
+        let tx = db!(self.db.begin_read());
+        let sb = match tx.open_table(SUPERBLOCK) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(MetaError::NotInitialised),
+            Err(e) => return Err(MetaError::from_redb(e)),
+        };
+        let get = |k: &str| -> Result<u64> {
+            Ok(db!(sb.get(k)).map(|g| g.value()).ok_or(MetaError::NotInitialised)?)
+        };
+        Ok(Superblock { format: get("format")?, block_size: get("block_size")? as u32 })
+    }
+
+    /// Starts a read transaction (a consistent snapshot).
+    pub fn read(&self) -> Result<ReadTx> {
+        Ok(ReadTx { txn: db!(self.db.begin_read()) })
+    }
+
+    /// Starts a write transaction. Only one runs at a time; others wait.
+    pub fn write(&self) -> Result<WriteTx> {
+        let mut txn = db!(self.db.begin_write());
+        db!(txn.set_durability(Durability::None));
+        Ok(WriteTx { txn, epoch: self.epoch.load(Ordering::SeqCst) })
+    }
+
+    /// Makes every commit so far durable. Returns the epoch that is now safe to collect.
+    pub fn commit_durable(&self) -> Result<u64> {
+        let mut txn = db!(self.db.begin_write());
+        db!(txn.set_durability(Durability::Immediate));
+        // Holding the write lock: no commit can slip between reading and bumping the epoch.
+        let covered = self.epoch.load(Ordering::SeqCst);
+        db!(txn.commit());
+        self.epoch.store(covered + 1, Ordering::SeqCst);
+        Ok(covered)
+    }
+
+    /// Block ids whose zero refcount is durable (stamped at or before `covered`), at most `limit`.
+    pub fn collectable(&self, covered: u64, limit: usize) -> Result<Vec<BlockId>> {
+        let tx = self.read()?;
+        let gc = db!(tx.txn.open_table(GC));
+        let mut out = Vec::new();
+        for row in db!(gc.iter()) {
+            let (k, v) = db!(row);
+            if v.value() <= covered {
+                out.push(codec::block_id_of(k.value())?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A read-only snapshot.
+pub struct ReadTx {
+    txn: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for ReadTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadTx")
+    }
+}
+
+/// One atomic change to the volume.
+pub struct WriteTx {
+    txn: redb::WriteTransaction,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteTx(epoch {})", self.epoch)
+    }
+}
+
+/// Reads shared by read and write transactions. Implemented once over redb's `ReadableTable`.
+pub trait Reader {
+    fn inode(&self, ino: InodeNo) -> Result<Option<Inode>>;
+    fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>>;
+    /// Entries of `parent` in tag order, starting after `after` (exclusive), at most `limit`.
+    fn list_dir(&self, parent: InodeNo, after: Option<&Tag>, limit: usize) -> Result<Vec<(Tag, Dirent)>>;
+    fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>>;
+    /// Mapped blocks of `ino` with index in `from..to`.
+    fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>>;
+    fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>>;
+    fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>>;
+    fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>>;
+    fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>>;
+    fn counts(&self) -> Result<Counts>;
+}
+
+/// Totals for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub inodes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub logical_bytes: u64,
+    /// Block-map slots that point at a stored block.
+    pub mapped_slots: u64,
+    pub blocks: u64,
+    pub block_plain_bytes: u64,
+    pub block_sealed_bytes: u64,
+    /// Plaintext bytes referenced by all block-map slots (counting shared blocks each time).
+    pub referenced_plain_bytes: u64,
+    pub gc_pending: u64,
+}
+
+macro_rules! impl_reader {
+    ($ty:ty) => {
+        impl Reader for $ty {
+            fn inode(&self, ino: InodeNo) -> Result<Option<Inode>> {
+                let t = db!(self.txn.open_table(INODES));
+                let g = db!(t.get(ino.0));
+                Ok(match g {
+                    Some(v) => Some(Inode::decode(v.value())?),
+                    None => None,
+                })
+            }
+
+            fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>> {
+                let t = db!(self.txn.open_table(DIRENTS));
+                let g = db!(t.get(&codec::tagged_key(parent, tag)[..]));
+                Ok(match g {
+                    Some(v) => Some(Dirent::decode(v.value())?),
+                    None => None,
+                })
+            }
+
+            fn list_dir(
+                &self,
+                parent: InodeNo,
+                after: Option<&Tag>,
+                limit: usize,
+            ) -> Result<Vec<(Tag, Dirent)>> {
+                let t = db!(self.txn.open_table(DIRENTS));
+                let lo = codec::tagged_key(parent, after.unwrap_or(&[0u8; 16]));
+                let hi = codec::tagged_key(InodeNo(parent.0 + 1), &[0u8; 16]);
+                let mut out = Vec::new();
+                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+                    let (k, v) = db!(row);
+                    let tag = codec::tag_of(k.value());
+                    if after == Some(&tag) {
+                        continue;
+                    }
+                    out.push((tag, Dirent::decode(v.value())?));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+
+            fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>> {
+                let t = db!(self.txn.open_table(BLOCKMAP));
+                let g = db!(t.get(&codec::blockmap_key(ino, index)[..]));
+                Ok(match g {
+                    Some(v) => Some(codec::block_id_of(v.value())?),
+                    None => None,
+                })
+            }
+
+            fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>> {
+                let t = db!(self.txn.open_table(BLOCKMAP));
+                let lo = codec::blockmap_key(ino, from);
+                let hi = codec::blockmap_key(ino, to);
+                let mut out = Vec::new();
+                if from >= to {
+                    return Ok(out);
+                }
+                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+                    let (k, v) = db!(row);
+                    out.push((codec::blockmap_index(k.value()), codec::block_id_of(v.value())?));
+                }
+                Ok(out)
+            }
+
+            fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                let g = db!(t.get(&id.0[..]));
+                Ok(match g {
+                    Some(v) => Some(BlockRecord::decode(v.value())?),
+                    None => None,
+                })
+            }
+
+            fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>> {
+                let t = db!(self.txn.open_table(SYMLINKS));
+                let g = db!(t.get(ino.0));
+                Ok(g.map(|v| v.value().to_vec()))
+            }
+
+            fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>> {
+                let t = db!(self.txn.open_table(XATTRS));
+                let g = db!(t.get(&codec::tagged_key(ino, tag)[..]));
+                Ok(g.map(|v| v.value().to_vec()))
+            }
+
+            fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>> {
+                let t = db!(self.txn.open_table(XATTRS));
+                let lo = codec::tagged_key(ino, &[0u8; 16]);
+                let hi = codec::tagged_key(InodeNo(ino.0 + 1), &[0u8; 16]);
+                let mut out = Vec::new();
+                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+                    let (k, v) = db!(row);
+                    out.push((codec::tag_of(k.value()), v.value().to_vec()));
+                }
+                Ok(out)
+            }
+
+            fn counts(&self) -> Result<Counts> {
+                let mut c = Counts::default();
+                let inodes = db!(self.txn.open_table(INODES));
+                for row in db!(inodes.iter()) {
+                    let (_, v) = db!(row);
+                    let ino = Inode::decode(v.value())?;
+                    c.inodes += 1;
+                    match ino.kind {
+                        codec::Kind::File => {
+                            c.files += 1;
+                            c.logical_bytes += ino.size;
+                        }
+                        codec::Kind::Dir => c.dirs += 1,
+                        _ => {}
+                    }
+                }
+                c.mapped_slots = db!(db!(self.txn.open_table(BLOCKMAP)).len());
+                let blocks = db!(self.txn.open_table(BLOCKS));
+                for row in db!(blocks.iter()) {
+                    let (_, v) = db!(row);
+                    let r = BlockRecord::decode(v.value())?;
+                    c.blocks += 1;
+                    c.block_plain_bytes += r.plain_len as u64;
+                    c.block_sealed_bytes += r.sealed_len as u64;
+                    c.referenced_plain_bytes += r.refcount * r.plain_len as u64;
+                }
+                c.gc_pending = db!(db!(self.txn.open_table(GC)).len());
+                Ok(c)
+            }
+        }
+    };
+}
+
+impl_reader!(ReadTx);
+impl_reader!(WriteTx);
+
+impl WriteTx {
+    fn touch_tables(&mut self) -> Result<()> {
+        db!(self.txn.open_table(INODES));
+        db!(self.txn.open_table(DIRENTS));
+        db!(self.txn.open_table(BLOCKMAP));
+        db!(self.txn.open_table(BLOCKS));
+        db!(self.txn.open_table(GC));
+        db!(self.txn.open_table(SYMLINKS));
+        db!(self.txn.open_table(XATTRS));
+        db!(self.txn.open_table(ORPHANS));
+        Ok(())
+    }
+
+    /// Commits (not yet durable: see [`MetaStore::commit_durable`]).
+    pub fn commit(self) -> Result<()> {
+        db!(self.txn.commit());
+        Ok(())
+    }
+
+    /// Allocates a fresh inode number (never reused).
+    pub fn alloc_ino(&mut self) -> Result<InodeNo> {
+        let mut sb = db!(self.txn.open_table(SUPERBLOCK));
+        let next = db!(sb.get("next_ino")).map(|g| g.value()).ok_or(MetaError::NotInitialised)?;
+        db!(sb.insert("next_ino", next + 1));
+        Ok(InodeNo(next))
+    }
+
+    pub fn put_inode(&mut self, ino: InodeNo, inode: &Inode) -> Result<()> {
+        let mut t = db!(self.txn.open_table(INODES));
+        db!(t.insert(ino.0, &inode.encode()[..]));
+        Ok(())
+    }
+
+    /// Removes an inode with its symlink target, xattrs and every block-map slot.
+    pub fn remove_inode(&mut self, ino: InodeNo) -> Result<()> {
+        self.set_blocks_from(ino, 0)?;
+        db!(db!(self.txn.open_table(INODES)).remove(ino.0));
+        db!(db!(self.txn.open_table(SYMLINKS)).remove(ino.0));
+        db!(db!(self.txn.open_table(ORPHANS)).remove(ino.0));
+        let tags: Vec<Tag> = self.xattrs(ino)?.into_iter().map(|(t, _)| t).collect();
+        let mut x = db!(self.txn.open_table(XATTRS));
+        for tag in tags {
+            db!(x.remove(&codec::tagged_key(ino, &tag)[..]));
+        }
+        Ok(())
+    }
+
+    pub fn put_dirent(&mut self, parent: InodeNo, tag: &Tag, d: &Dirent) -> Result<()> {
+        let mut t = db!(self.txn.open_table(DIRENTS));
+        db!(t.insert(&codec::tagged_key(parent, tag)[..], &d.encode()[..]));
+        Ok(())
+    }
+
+    pub fn remove_dirent(&mut self, parent: InodeNo, tag: &Tag) -> Result<()> {
+        let mut t = db!(self.txn.open_table(DIRENTS));
+        db!(t.remove(&codec::tagged_key(parent, tag)[..]));
+        Ok(())
+    }
+
+    pub fn put_symlink(&mut self, ino: InodeNo, sealed: &[u8]) -> Result<()> {
+        db!(db!(self.txn.open_table(SYMLINKS)).insert(ino.0, sealed));
+        Ok(())
+    }
+
+    pub fn put_xattr(&mut self, ino: InodeNo, tag: &Tag, sealed: &[u8]) -> Result<()> {
+        db!(db!(self.txn.open_table(XATTRS)).insert(&codec::tagged_key(ino, tag)[..], sealed));
+        Ok(())
+    }
+
+    /// Removes an xattr; returns whether it existed.
+    pub fn remove_xattr(&mut self, ino: InodeNo, tag: &Tag) -> Result<bool> {
+        let mut t = db!(self.txn.open_table(XATTRS));
+        Ok(db!(t.remove(&codec::tagged_key(ino, tag)[..])).is_some())
+    }
+
+    /// Marks an unlinked inode that is still open, so a crash cannot leak it.
+    pub fn add_orphan(&mut self, ino: InodeNo) -> Result<()> {
+        db!(db!(self.txn.open_table(ORPHANS)).insert(ino.0, ()));
+        Ok(())
+    }
+
+    /// Every orphan (used at mount to finish deletions a crash interrupted).
+    pub fn orphans(&self) -> Result<Vec<InodeNo>> {
+        let t = db!(self.txn.open_table(ORPHANS));
+        let mut out = Vec::new();
+        for row in db!(t.iter()) {
+            let (k, _) = db!(row);
+            out.push(InodeNo(k.value()));
+        }
+        Ok(out)
+    }
+
+    /// Points slot (`ino`, `index`) at `block` (or makes it a hole), adjusting refcounts and
+    /// the inode's stored-block count. `new_record` describes `block` if it is not yet known.
+    /// Returns the change in stored blocks of the inode (-1, 0, +1).
+    pub fn set_block(
+        &mut self,
+        ino: InodeNo,
+        index: u64,
+        block: Option<(BlockId, BlockRecord)>,
+    ) -> Result<i64> {
+        let key = codec::blockmap_key(ino, index);
+        let old = {
+            let mut map = db!(self.txn.open_table(BLOCKMAP));
+            let old = match &block {
+                Some((id, _)) => db!(map.insert(&key[..], &id.0[..])).map(|g| g.value().to_vec()),
+                None => db!(map.remove(&key[..])).map(|g| g.value().to_vec()),
+            };
+            old.map(|v| codec::block_id_of(&v)).transpose()?
+        };
+        if old.as_ref() == block.as_ref().map(|(id, _)| id) {
+            return Ok(0);
+        }
+        if let Some((id, record)) = block {
+            self.incref(&id, record)?;
+        }
+        if let Some(old) = old {
+            self.decref(&old)?;
+        }
+        Ok(match (old.is_some(), block.is_some()) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => 0,
+        })
+    }
+
+    /// Drops every slot of `ino` from block index `from` on. Returns how many were mapped.
+    pub fn set_blocks_from(&mut self, ino: InodeNo, from: u64) -> Result<u64> {
+        let slots = self.blocks_in(ino, from, u64::MAX)?;
+        for (index, _) in &slots {
+            self.set_block(ino, *index, None)?;
+        }
+        Ok(slots.len() as u64)
+    }
+
+    fn incref(&mut self, id: &BlockId, record: BlockRecord) -> Result<()> {
+        let mut blocks = db!(self.txn.open_table(BLOCKS));
+        let current = db!(blocks.get(&id.0[..])).map(|g| g.value().to_vec());
+        let next = match current {
+            Some(v) => {
+                let mut r = BlockRecord::decode(&v)?;
+                r.refcount += 1;
+                r
+            }
+            None => {
+                // Re-referenced before collection: it leaves the gc queue.
+                db!(db!(self.txn.open_table(GC)).remove(&id.0[..]));
+                BlockRecord { refcount: 1, ..record }
+            }
+        };
+        db!(blocks.insert(&id.0[..], &next.encode()[..]));
+        Ok(())
+    }
+
+    fn decref(&mut self, id: &BlockId) -> Result<()> {
+        let mut blocks = db!(self.txn.open_table(BLOCKS));
+        let current = db!(blocks.get(&id.0[..])).map(|g| g.value().to_vec());
+        let Some(v) = current else {
+            return Ok(());
+        };
+        let mut r = BlockRecord::decode(&v)?;
+        r.refcount = r.refcount.saturating_sub(1);
+        if r.refcount == 0 {
+            db!(blocks.remove(&id.0[..]));
+            db!(db!(self.txn.open_table(GC)).insert(&id.0[..], self.epoch));
+        } else {
+            db!(blocks.insert(&id.0[..], &r.encode()[..]));
+        }
+        Ok(())
+    }
+
+    /// Forgets collected blocks (their files are gone).
+    pub fn remove_gc(&mut self, ids: &[BlockId]) -> Result<()> {
+        let mut gc = db!(self.txn.open_table(GC));
+        for id in ids {
+            db!(gc.remove(&id.0[..]));
+        }
+        Ok(())
+    }
+
+    /// Whether a block is referenced or waiting for collection (used by the orphan-file sweep).
+    pub fn block_known(&self, id: &BlockId) -> Result<bool> {
+        if self.block_record(id)?.is_some() {
+            return Ok(true);
+        }
+        Ok(db!(db!(self.txn.open_table(GC)).get(&id.0[..])).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> BlockRecord {
+        BlockRecord { refcount: 0, plain_len: 10, sealed_len: 200 }
+    }
+
+    #[test]
+    fn refcounts_follow_the_block_map_and_gc_waits_for_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::create(&dir.path().join("m.redb"), 4096, 0, 0).unwrap();
+        let a = BlockId([1; 32]);
+        let mut tx = meta.write().unwrap();
+        assert_eq!(tx.set_block(InodeNo(5), 0, Some((a, rec()))).unwrap(), 1);
+        assert_eq!(tx.set_block(InodeNo(6), 3, Some((a, rec()))).unwrap(), 1);
+        assert_eq!(tx.block_record(&a).unwrap().unwrap().refcount, 2);
+        tx.commit().unwrap();
+
+        let mut tx = meta.write().unwrap();
+        assert_eq!(tx.set_block(InodeNo(5), 0, None).unwrap(), -1);
+        assert_eq!(tx.set_blocks_from(InodeNo(6), 0).unwrap(), 1);
+        assert!(tx.block_record(&a).unwrap().is_none());
+        assert!(tx.block_known(&a).unwrap());
+        tx.commit().unwrap();
+        // Not collectable until a durable commit covers the epoch it was freed in.
+        let before = meta.epoch.load(Ordering::SeqCst);
+        assert!(meta.collectable(before - 1, 10).unwrap().is_empty());
+        let covered = meta.commit_durable().unwrap();
+        assert_eq!(meta.collectable(covered, 10).unwrap(), vec![a]);
+
+        // Re-referencing pulls it out of the gc queue.
+        let mut tx = meta.write().unwrap();
+        tx.set_block(InodeNo(7), 0, Some((a, rec()))).unwrap();
+        tx.commit().unwrap();
+        assert!(meta.collectable(u64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopen_checks_format_and_keeps_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        drop(MetaStore::create(&path, 4096, 1, 2).unwrap());
+        let meta = MetaStore::open(&path).unwrap();
+        assert_eq!(meta.superblock().unwrap().block_size, 4096);
+        let root = meta.read().unwrap().inode(InodeNo::ROOT).unwrap().unwrap();
+        assert_eq!((root.uid, root.gid, root.nlink), (1, 2, 2));
+    }
+}

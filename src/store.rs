@@ -1,0 +1,207 @@
+//! The local block store: sealed (age-encrypted) blocks as content-addressed files under
+//! `blocks/xx/<block id hex>`.
+//!
+//! Writes are atomic: bytes go to a unique temp file, then `rename` into place, so a reader or
+//! a crash sees either no block or the whole block. Files are not fsynced one by one on the
+//! write path; the names written since the last [`BlockStore::sync_pending`] are remembered and
+//! synced (files, then their directories) right before the metadata store's durable commit, so
+//! a durable reference never points at a block that was not on disk.
+//!
+//! The store does not verify contents: that is the pipeline's `open`, which every read passes.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::ids::BlockId;
+
+/// Failures of the block store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("block {0:?} is missing from the local store")]
+    Missing(BlockId),
+    #[error("no space left on the device holding the block store")]
+    NoSpace,
+    #[error("block store i/o on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace,
+        _ => StoreError::Io { path: path.to_path_buf(), source },
+    }
+}
+
+/// Sealed blocks on the local disk.
+#[derive(Debug)]
+pub struct BlockStore {
+    root: PathBuf,
+    pending_sync: Mutex<Vec<PathBuf>>,
+    tmp_counter: AtomicU64,
+}
+
+impl BlockStore {
+    /// Opens (creating if needed) a store rooted at `root`, removing stale temp files.
+    pub fn open(root: &Path) -> Result<BlockStore, StoreError> {
+        fs::create_dir_all(root.join("tmp")).map_err(|e| io_err(root, e))?;
+        if let Ok(entries) = fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(BlockStore {
+            root: root.to_path_buf(),
+            pending_sync: Mutex::new(Vec::new()),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Where block `id` lives.
+    pub fn path_of(&self, id: &BlockId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether block `id` has a file.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.path_of(id).exists()
+    }
+
+    /// Stores a sealed block atomically. Storing an existing id is a no-op.
+    pub fn put(&self, id: &BlockId, sealed: &[u8]) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = path.parent().expect("block paths have a fan-out directory");
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.short(), std::process::id()));
+        let guard = DeleteOnDrop(Some(tmp.clone()));
+        let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        f.write_all(sealed).map_err(|e| io_err(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        guard.disarm();
+        self.pending_sync.lock().push(path);
+        Ok(())
+    }
+
+    /// Reads a sealed block (unverified: pass it through `pipeline::seal::open`).
+    pub fn get(&self, id: &BlockId) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(id);
+        fs::read(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::Missing(*id),
+            _ => io_err(&path, e),
+        })
+    }
+
+    /// Deletes a block file; a missing file is not an error.
+    pub fn delete(&self, id: &BlockId) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Makes every block written since the last call durable (file data, then directories).
+    pub fn sync_pending(&self) -> Result<(), StoreError> {
+        let paths = std::mem::take(&mut *self.pending_sync.lock());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for p in &paths {
+            match fs::File::open(p) {
+                Ok(f) => f.sync_all().map_err(|e| io_err(p, e))?,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(p, e)),
+            }
+            if let Some(d) = p.parent()
+                && !dirs.iter().any(|x| x == d)
+            {
+                dirs.push(d.to_path_buf());
+            }
+        }
+        dirs.push(self.root.clone());
+        for d in dirs {
+            if let Ok(f) = fs::File::open(&d) {
+                f.sync_all().map_err(|e| io_err(&d, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every block id that has a file (for the orphan sweep and `status`).
+    pub fn list(&self) -> Result<Vec<BlockId>, StoreError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))?;
+        for fan in entries.flatten() {
+            let name = fan.file_name();
+            if name.len() != 2 {
+                continue;
+            }
+            let Ok(files) = fs::read_dir(fan.path()) else { continue };
+            for f in files.flatten() {
+                if let Some(id) = f.file_name().to_str().and_then(BlockId::from_hex) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes used by block files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.list()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| fs::metadata(self.path_of(id)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// Removes a temp file unless disarmed (the write failed half-way).
+struct DeleteOnDrop(Option<PathBuf>);
+
+impl DeleteOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_delete_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path()).unwrap();
+        let id = BlockId([3; 32]);
+        assert!(matches!(store.get(&id), Err(StoreError::Missing(_))));
+        store.put(&id, b"sealed").unwrap();
+        store.put(&id, b"ignored: same id").unwrap();
+        assert_eq!(store.get(&id).unwrap(), b"sealed");
+        assert_eq!(store.list().unwrap(), vec![id]);
+        store.sync_pending().unwrap();
+        store.delete(&id).unwrap();
+        store.delete(&id).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

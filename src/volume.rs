@@ -1,0 +1,375 @@
+//! The volume: POSIX semantics over the metadata store and the block pipeline.
+//!
+//! Owns inodes, directory entries, hard links, symlinks, xattrs, open files, write buffers and
+//! block maps. Knows nothing of FUSE (the adapter translates) or of the network (blocks go
+//! through [`BlockStore`]; the nodepool will sit below that). Every method is callable from
+//! several threads at once.
+//!
+//! Locking order, to rule out deadlock: a file's state lock, then a redb write transaction,
+//! then the short-lived `files`/`handles` map locks. Nothing takes a file lock while holding
+//! a write transaction.
+//!
+//! Submodules: `namespace` (names and links), `file` (open files, reads, writes, truncation),
+//! `sealer` (background sealing threads), `xattr`, `cache` (decrypted block cache).
+
+mod cache;
+pub mod error;
+mod file;
+mod namespace;
+mod sealer;
+mod xattr;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+pub use error::{Result, VolumeError};
+pub use file::OpenFlags;
+pub use namespace::{DirEntry, RenameMode};
+pub use xattr::XattrMode;
+
+use crate::ids::InodeNo;
+use crate::keys::VolumeKeys;
+use crate::meta::codec::{Inode, Kind, Timestamp};
+use crate::meta::{MetaStore, Reader};
+use crate::names::NameCipher;
+use crate::store::BlockStore;
+
+/// Largest file the volume accepts (bytes). Far above 4 GiB; keeps offsets well inside i64.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// Longest name accepted in a directory (bytes), as on ext4.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target (bytes), as PATH_MAX.
+pub const SYMLINK_MAX: usize = 4095;
+
+/// Who is asking: owner of newly created inodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attributes of an inode as the outside world sees them.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: InodeNo,
+    pub inode: Inode,
+    /// Allocated size in 512-byte units (stored blocks only: holes are free).
+    pub blocks512: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+/// A time to set with `setattr`.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// The changes of one `setattr` call; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timestamp>,
+}
+
+/// Filesystem totals for `statfs`.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+/// One volume, opened on this machine.
+pub struct Volume {
+    meta: MetaStore,
+    store: BlockStore,
+    keys: VolumeKeys,
+    names: NameCipher,
+    block_size: u64,
+    files: Mutex<HashMap<InodeNo, Arc<file::OpenFile>>>,
+    handles: Mutex<HashMap<u64, InodeNo>>,
+    next_fh: AtomicU64,
+    sealer: sealer::Sealer,
+    cache: cache::BlockCache,
+    /// Set by every commit, cleared by a checkpoint: whether a durable commit is owed.
+    needs_checkpoint: AtomicBool,
+    data_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("block_size", &self.block_size).finish_non_exhaustive()
+    }
+}
+
+/// What `Volume::load` repaired after an unclean stop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovery {
+    pub orphans_removed: u64,
+    pub stray_blocks_removed: u64,
+    pub blocks_collected: u64,
+}
+
+impl Volume {
+    /// Creates the metadata database and block store of a new volume in `data_dir`.
+    pub fn create(data_dir: &Path, block_size: u32, owner: Caller) -> Result<()> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            VolumeError::Store(crate::store::StoreError::Io { path: data_dir.into(), source: e })
+        })?;
+        MetaStore::create(&data_dir.join("meta.redb"), block_size, owner.uid, owner.gid)?;
+        BlockStore::open(&data_dir.join("blocks"))?;
+        Ok(())
+    }
+
+    /// Opens the volume in `data_dir`, finishing what an unclean stop left behind: unlinked
+    /// files still open at the crash are deleted, block files no metadata references (sealed
+    /// but never committed) are removed, and collectable blocks are freed.
+    pub fn load(data_dir: &Path, keys: VolumeKeys, seal_threads: usize) -> Result<(Arc<Volume>, Recovery)> {
+        let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
+        let block_size = meta.superblock()?.block_size as u64;
+        let store = BlockStore::open(&data_dir.join("blocks"))?;
+        let names = NameCipher::new(*keys.name_mac, *keys.name_enc);
+        let volume = Arc::new_cyclic(|weak| Volume {
+            meta,
+            store,
+            names,
+            keys,
+            block_size,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            sealer: sealer::Sealer::start(weak.clone(), seal_threads),
+            cache: cache::BlockCache::new(16),
+            needs_checkpoint: AtomicBool::new(false),
+            data_dir: data_dir.to_path_buf(),
+        });
+        let recovery = volume.recover()?;
+        Ok((volume, recovery))
+    }
+
+    fn recover(&self) -> Result<Recovery> {
+        let mut rec = Recovery::default();
+        let mut tx = self.meta.write()?;
+        for ino in tx.orphans()? {
+            tx.remove_inode(ino)?;
+            rec.orphans_removed += 1;
+        }
+        let mut stray = Vec::new();
+        for id in self.store.list()? {
+            if !tx.block_known(&id)? {
+                stray.push(id);
+            }
+        }
+        tx.commit()?;
+        for id in &stray {
+            self.store.delete(id)?;
+        }
+        rec.stray_blocks_removed = stray.len() as u64;
+        rec.blocks_collected = self.checkpoint()?;
+        Ok(rec)
+    }
+
+    /// The block size of this volume.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    #[cfg(test)]
+    pub(crate) fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &BlockStore {
+        &self.store
+    }
+
+    fn mark_dirty(&self) {
+        self.needs_checkpoint.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether changes were committed since the last checkpoint.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.needs_checkpoint.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything committed so far durable (block files first, then the metadata), then
+    /// frees blocks whose zero refcount is now durable. Returns how many blocks were freed.
+    pub fn checkpoint(&self) -> Result<u64> {
+        self.needs_checkpoint.store(false, Ordering::Relaxed);
+        self.store.sync_pending()?;
+        let covered = self.meta.commit_durable()?;
+        let mut freed = 0;
+        loop {
+            let ids = self.meta.collectable(covered, 1024)?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in &ids {
+                self.store.delete(id)?;
+                self.cache.forget(id);
+            }
+            let mut tx = self.meta.write()?;
+            tx.remove_gc(&ids)?;
+            tx.commit()?;
+            freed += ids.len() as u64;
+        }
+        Ok(freed)
+    }
+
+    /// Flushes every open file's buffers and makes the volume durable (unmount, SIGTERM).
+    pub fn shutdown(&self) -> Result<()> {
+        let open: Vec<InodeNo> = self.files.lock().keys().copied().collect();
+        let mut first_err = None;
+        for ino in open {
+            if let Err(e) = self.flush(ino) {
+                tracing::error!(target: "bitcloud::volume", %ino, error = %e, "flush at shutdown failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        self.checkpoint()?;
+        self.sealer.stop();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn attr_of(&self, ino: InodeNo, mut inode: Inode) -> Attr {
+        if let Some(f) = self.files.lock().get(&ino).cloned() {
+            f.overlay(&mut inode);
+        }
+        let blocks512 = if inode.kind == Kind::File {
+            (inode.stored_blocks * self.block_size).min(inode.size.div_ceil(512) * 512) / 512
+        } else {
+            0
+        };
+        Attr { ino, inode, blocks512, blksize: 4096 }
+    }
+
+    fn load_inode(&self, r: &impl Reader, ino: InodeNo) -> Result<Inode> {
+        r.inode(ino)?.ok_or(VolumeError::NotFound)
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: InodeNo) -> Result<Attr> {
+        let inode = self.load_inode(&self.meta.read()?, ino)?;
+        Ok(self.attr_of(ino, inode))
+    }
+
+    /// Changes attributes (chmod, chown, truncate, utimens) in one transaction.
+    pub fn setattr(&self, ino: InodeNo, req: SetAttr) -> Result<Attr> {
+        if let Some(size) = req.size {
+            self.truncate(ino, size)?;
+        }
+        let now = Timestamp::now();
+        let open = self.files.lock().get(&ino).cloned();
+        let mut guard = open.as_ref().map(|f| f.lock());
+        let mut tx = self.meta.write()?;
+        let mut inode = self.load_inode(&tx, ino)?;
+        let mut changed = false;
+        if let Some(mode) = req.mode {
+            inode.perm = (mode & 0o7777) as u16;
+            changed = true;
+        }
+        if req.uid.is_some() || req.gid.is_some() {
+            if let Some(uid) = req.uid {
+                inode.uid = uid;
+            }
+            if let Some(gid) = req.gid {
+                inode.gid = gid;
+            }
+            // As on Linux: a change of owner drops set-user-id, and set-group-id where it
+            // means "set group on exec" (group-executable), unless the same call sets a mode.
+            if req.mode.is_none() && inode.kind != Kind::Dir {
+                inode.perm &= !0o4000;
+                if inode.perm & 0o010 != 0 {
+                    inode.perm &= !0o2000;
+                }
+            }
+            changed = true;
+        }
+        let resolve = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(ts) => ts,
+        };
+        if let Some(t) = req.atime {
+            inode.atime = resolve(t);
+            changed = true;
+        }
+        if let Some(t) = req.mtime {
+            inode.mtime = resolve(t);
+            changed = true;
+        }
+        if changed || req.size.is_some() {
+            inode.ctime = req.ctime.unwrap_or(now);
+        } else if let Some(c) = req.ctime {
+            inode.ctime = c;
+        }
+        if let Some(state) = guard.as_mut() {
+            state.take_times(&mut inode, req.mtime.is_some());
+        }
+        tx.put_inode(ino, &inode)?;
+        tx.commit()?;
+        drop(guard);
+        self.mark_dirty();
+        Ok(self.attr_of(ino, inode))
+    }
+
+    /// Totals for `statfs`: the space of the disk holding the volume.
+    pub fn statfs(&self) -> Result<FsStats> {
+        let c_path = std::ffi::CString::new(self.data_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| VolumeError::Invalid("data dir path has a NUL byte"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c_path is a valid NUL-terminated string and st a valid out-pointer.
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(VolumeError::Store(crate::store::StoreError::Io {
+                path: self.data_dir.clone(),
+                source: std::io::Error::last_os_error(),
+            }));
+        }
+        let frsize = st.f_frsize as u64;
+        let scale = |n: u64| n * frsize / 4096;
+        Ok(FsStats {
+            block_size: 4096,
+            blocks: scale(st.f_blocks as u64),
+            blocks_free: scale(st.f_bfree as u64),
+            blocks_avail: scale(st.f_bavail as u64),
+            files: u64::from(u32::MAX),
+            files_free: u64::from(u32::MAX) / 2,
+        })
+    }
+
+    /// Totals for `bitcloud status`.
+    pub fn counts(&self) -> Result<crate::meta::Counts> {
+        Ok(self.meta.read()?.counts()?)
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(VolumeError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(VolumeError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

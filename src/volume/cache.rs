@@ -1,0 +1,62 @@
+//! A small cache of decrypted, verified blocks, so that a sequential reader asking for 128 KiB
+//! at a time does not decrypt the same block eight times. Bounded by entry count; least
+//! recently used entries go first.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::ids::BlockId;
+
+pub(super) struct BlockCache {
+    capacity: usize,
+    entries: Mutex<VecDeque<(BlockId, Arc<Vec<u8>>)>>,
+}
+
+impl BlockCache {
+    pub(super) fn new(capacity: usize) -> BlockCache {
+        BlockCache { capacity, entries: Mutex::new(VecDeque::with_capacity(capacity)) }
+    }
+
+    pub(super) fn get(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {
+        let mut e = self.entries.lock();
+        let pos = e.iter().position(|(k, _)| k == id)?;
+        let hit = e.remove(pos).expect("position is in range");
+        let data = hit.1.clone();
+        e.push_front(hit);
+        Some(data)
+    }
+
+    pub(super) fn insert(&self, id: BlockId, data: Arc<Vec<u8>>) {
+        let mut e = self.entries.lock();
+        if let Some(pos) = e.iter().position(|(k, _)| *k == id) {
+            e.remove(pos);
+        }
+        e.push_front((id, data));
+        e.truncate(self.capacity);
+    }
+
+    pub(super) fn forget(&self, id: &BlockId) {
+        self.entries.lock().retain(|(k, _)| k != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let c = BlockCache::new(2);
+        let (a, b, d) = (BlockId([1; 32]), BlockId([2; 32]), BlockId([3; 32]));
+        c.insert(a, Arc::new(vec![1]));
+        c.insert(b, Arc::new(vec![2]));
+        assert!(c.get(&a).is_some());
+        c.insert(d, Arc::new(vec![3]));
+        assert!(c.get(&b).is_none());
+        assert!(c.get(&a).is_some() && c.get(&d).is_some());
+        c.forget(&a);
+        assert!(c.get(&a).is_none());
+    }
+}

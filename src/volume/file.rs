@@ -1,0 +1,616 @@
+//! Open files: per-inode write buffers, reads, writes, flush, fsync, truncation, fallocate.
+//!
+//! Every inode that is open (or being truncated) has one [`OpenFile`], shared by all its
+//! handles and hard links. Its state holds the logical size and times while they are ahead of
+//! the metadata database, plus *dirty blocks*: plaintext blocks that differ from what the block
+//! map says. Writes patch dirty blocks in memory (a block not yet dirty is read in first when
+//! the write covers it only partly). A block written to its end is handed to the sealer at
+//! once; the rest are sealed at flush. Memory is bounded per file ([`max_dirty_blocks`]):
+//! a writer that gets ahead waits for sealing to catch up.
+//!
+//! Each dirty block carries a sequence number. A finished seal commits only if its block is
+//! still the current version (a later write bumps the number), so out-of-order completion can
+//! never put old bytes back. Commit happens under the file's lock, inside one transaction with
+//! the inode's size and times.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::sealer::SealJob;
+use super::{Result, Volume, VolumeError};
+use crate::ids::{BlockId, InodeNo};
+use crate::meta::Reader;
+use crate::meta::codec::{BlockRecord, Inode, Kind, Timestamp};
+use crate::pipeline::{block_id::block_id, seal};
+
+/// How a file is being opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenFlags {
+    pub write: bool,
+}
+
+/// Dirty bytes allowed per open file before writers wait for sealing.
+const DIRTY_BYTES_PER_FILE: u64 = 32 << 20;
+
+fn max_dirty_blocks(block_size: u64) -> usize {
+    (DIRTY_BYTES_PER_FILE / block_size).max(4) as usize
+}
+
+struct Dirty {
+    data: Arc<Vec<u8>>,
+    seq: u64,
+    /// Handed to a sealer and not written since.
+    queued: bool,
+}
+
+pub(super) struct FileState {
+    size: u64,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    /// Size or times are ahead of the database.
+    attr_dirty: bool,
+    dirty: BTreeMap<u64, Dirty>,
+    in_flight: usize,
+    next_seq: u64,
+    /// A sealing failure not yet reported; the next flush or fsync returns it.
+    error: Option<VolumeError>,
+}
+
+impl FileState {
+    /// Merges pending times into an inode being written by `setattr`.
+    pub(super) fn take_times(&mut self, inode: &mut Inode, mtime_set: bool) {
+        if self.attr_dirty {
+            inode.size = self.size;
+            if !mtime_set {
+                inode.mtime = self.mtime;
+            }
+        }
+        self.mtime = inode.mtime;
+        self.ctime = inode.ctime;
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+}
+
+/// The shared state of one open inode.
+pub(super) struct OpenFile {
+    pub(super) ino: InodeNo,
+    state: Mutex<FileState>,
+    changed: Condvar,
+    /// Open handles; changed only under the volume's `files` map lock.
+    opens: AtomicU32,
+}
+
+impl OpenFile {
+    pub(super) fn lock(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock()
+    }
+
+    /// Shows size and times that are ahead of the database.
+    pub(super) fn overlay(&self, inode: &mut Inode) {
+        let st = self.state.lock();
+        if st.attr_dirty {
+            inode.size = st.size;
+            inode.mtime = st.mtime;
+            inode.ctime = st.ctime;
+        }
+    }
+}
+
+impl Volume {
+    /// The open state of `ino`, created from the database if needed (does not count as open).
+    fn file(&self, ino: InodeNo) -> Result<Arc<OpenFile>> {
+        if let Some(f) = self.files.lock().get(&ino) {
+            return Ok(f.clone());
+        }
+        let inode = self.load_inode(&self.meta.read()?, ino)?;
+        match inode.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(VolumeError::IsDir),
+            _ => return Err(VolumeError::Invalid("not a regular file")),
+        }
+        let fresh = Arc::new(OpenFile {
+            ino,
+            state: Mutex::new(FileState {
+                size: inode.size,
+                mtime: inode.mtime,
+                ctime: inode.ctime,
+                attr_dirty: false,
+                dirty: BTreeMap::new(),
+                in_flight: 0,
+                next_seq: 0,
+                error: None,
+            }),
+            changed: Condvar::new(),
+            opens: AtomicU32::new(0),
+        });
+        Ok(self.files.lock().entry(ino).or_insert(fresh).clone())
+    }
+
+    /// Forgets the open state of `ino` if nothing needs it any more.
+    fn maybe_evict(&self, file: &Arc<OpenFile>) {
+        let st = file.lock();
+        if !st.dirty.is_empty() || st.in_flight > 0 || st.attr_dirty {
+            return;
+        }
+        let mut files = self.files.lock();
+        if file.opens.load(Ordering::SeqCst) == 0
+            && files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file))
+        {
+            files.remove(&file.ino);
+        }
+    }
+
+    /// Whether `ino` has open handles.
+    pub(super) fn is_open(&self, ino: InodeNo) -> bool {
+        self.files.lock().get(&ino).is_some_and(|f| f.opens.load(Ordering::SeqCst) > 0)
+    }
+
+    /// Opens a regular file; returns a handle number.
+    pub fn open(&self, ino: InodeNo, _flags: OpenFlags) -> Result<u64> {
+        let file = self.file(ino)?;
+        {
+            let files = self.files.lock();
+            // Re-check under the map lock: eviction may have raced with us.
+            if !files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
+                drop(files);
+                return self.open(ino, _flags);
+            }
+            file.opens.fetch_add(1, Ordering::SeqCst);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, ino);
+        Ok(fh)
+    }
+
+    /// Closes a handle. The last close of an inode flushes it, and deletes it if unlinked.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let ino = self.handles.lock().remove(&fh).ok_or(VolumeError::BadHandle)?;
+        let Some(file) = self.files.lock().get(&ino).cloned() else {
+            return Ok(());
+        };
+        let last = {
+            let _files = self.files.lock();
+            file.opens.fetch_sub(1, Ordering::SeqCst) == 1
+        };
+        if !last {
+            return Ok(());
+        }
+        let unlinked = self.meta.read()?.inode(ino)?.is_none_or(|i| i.nlink == 0);
+        let result = if unlinked {
+            let mut st = file.lock();
+            st.dirty.clear();
+            st.attr_dirty = false;
+            while st.in_flight > 0 {
+                file.changed.wait(&mut st);
+            }
+            drop(st);
+            if !self.is_open(ino) {
+                let mut tx = self.meta.write()?;
+                if tx.inode(ino)?.is_some_and(|i| i.nlink == 0) {
+                    tx.remove_inode(ino)?;
+                }
+                tx.commit()?;
+                self.mark_dirty();
+            }
+            Ok(())
+        } else {
+            self.flush(ino)
+        };
+        if result.is_err() {
+            // The error reached close(); do not keep unsealable data forever.
+            let mut st = file.lock();
+            st.dirty.retain(|_, d| d.queued);
+            st.attr_dirty = false;
+        }
+        self.maybe_evict(&file);
+        result
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: InodeNo, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let file = self.file(ino)?;
+        let bs = self.block_size;
+        let (end, sources) = {
+            let st = file.lock();
+            let end = st.size.min(offset.saturating_add(len as u64));
+            if offset >= end {
+                drop(st);
+                self.maybe_evict(&file);
+                return Ok(Vec::new());
+            }
+            let first = offset / bs;
+            let last = (end - 1) / bs;
+            let mapped: BTreeMap<u64, BlockId> =
+                self.meta.read()?.blocks_in(ino, first, last + 1)?.into_iter().collect();
+            let sources: Vec<(u64, Source)> = (first..=last)
+                .map(|i| {
+                    let s = match (st.dirty.get(&i), mapped.get(&i)) {
+                        (Some(d), _) => Source::Dirty(d.data.clone()),
+                        (None, Some(id)) => Source::Stored(*id),
+                        (None, None) => Source::Hole,
+                    };
+                    (i, s)
+                })
+                .collect();
+            (end, sources)
+        };
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (index, source) in sources {
+            let data = match source {
+                Source::Dirty(d) => d,
+                Source::Stored(id) => self.load_block(ino, index, id)?,
+                Source::Hole => continue,
+            };
+            let bstart = index * bs;
+            let from = offset.max(bstart);
+            let to = end.min(bstart + data.len() as u64);
+            if from < to {
+                let dst = (from - offset) as usize..(to - offset) as usize;
+                out[dst].copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads, decrypts and verifies a stored block (through the cache).
+    fn load_block(&self, ino: InodeNo, index: u64, id: BlockId) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cache.get(&id) {
+            return Ok(hit);
+        }
+        let corrupt = |why: String| VolumeError::Corrupt { ino, index, block: id, why };
+        let sealed = self.store.get(&id).map_err(|e| corrupt(e.to_string()))?;
+        let plain = seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let plain = Arc::new(plain);
+        self.cache.insert(id, plain.clone());
+        Ok(plain)
+    }
+
+    /// The current plaintext of block `index` of a file whose state is locked.
+    fn current_block(&self, ino: InodeNo, st: &FileState, index: u64) -> Result<Vec<u8>> {
+        if let Some(d) = st.dirty.get(&index) {
+            return Ok(d.data.as_ref().clone());
+        }
+        match self.meta.read()?.block_at(ino, index)? {
+            Some(id) => Ok(self.load_block(ino, index, id)?.as_ref().clone()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&self, ino: InodeNo, offset: u64, data: &[u8]) -> Result<usize> {
+        let end = offset.checked_add(data.len() as u64).ok_or(VolumeError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(VolumeError::FileTooBig);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let file = self.file(ino)?;
+        let bs = self.block_size;
+        let mut jobs = Vec::new();
+        {
+            let mut st = file.lock();
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / bs;
+                let bstart = index * bs;
+                let within = (pos - bstart) as usize;
+                let take = ((bstart + bs).min(end) - pos) as usize;
+                if !st.dirty.contains_key(&index) {
+                    let base = if within == 0 && take as u64 == bs {
+                        Vec::with_capacity(bs as usize)
+                    } else {
+                        self.current_block(ino, &st, index)?
+                    };
+                    let seq = st.bump();
+                    st.dirty.insert(index, Dirty { data: Arc::new(base), seq, queued: false });
+                }
+                let seq = st.bump();
+                let d = st.dirty.get_mut(&index).expect("inserted above");
+                if d.queued {
+                    d.queued = false;
+                    d.seq = seq;
+                }
+                let buf = Arc::make_mut(&mut d.data);
+                if buf.len() < within + take {
+                    buf.resize(within + take, 0);
+                }
+                buf[within..within + take].copy_from_slice(&data[(pos - offset) as usize..][..take]);
+                if within + take == bs as usize {
+                    d.queued = true;
+                    jobs.push((index, d.seq, d.data.clone()));
+                }
+                pos += take as u64;
+            }
+            st.in_flight += jobs.len();
+            st.size = st.size.max(end);
+            let now = Timestamp::now();
+            st.mtime = now;
+            st.ctime = now;
+            st.attr_dirty = true;
+        }
+        for (index, seq, data) in jobs {
+            let job = SealJob { file: file.clone(), index, seq, data };
+            if let Err(job) = self.sealer.submit(job) {
+                let r = self.seal_block(&job.data);
+                self.finish_seal(job, r);
+            }
+        }
+        // Bound memory: wait while this file holds too many dirty blocks.
+        let limit = max_dirty_blocks(bs);
+        let mut st = file.lock();
+        if st.dirty.len() > limit {
+            let extra: Vec<(u64, u64, Arc<Vec<u8>>)> = st
+                .dirty
+                .iter_mut()
+                .filter(|(_, d)| !d.queued)
+                .map(|(i, d)| {
+                    d.queued = true;
+                    (*i, d.seq, d.data.clone())
+                })
+                .collect();
+            st.in_flight += extra.len();
+            drop(st);
+            for (index, seq, data) in extra {
+                let job = SealJob { file: file.clone(), index, seq, data };
+                if let Err(job) = self.sealer.submit(job) {
+                    let r = self.seal_block(&job.data);
+                    self.finish_seal(job, r);
+                }
+            }
+            st = file.lock();
+            while st.dirty.len() > limit && st.in_flight > 0 {
+                file.changed.wait(&mut st);
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Hashes, encrypts and stores one plaintext block. `None` for an all-zero block: it
+    /// becomes a hole and is not stored.
+    pub(super) fn seal_block(&self, plain: &[u8]) -> Result<Option<(BlockId, BlockRecord)>> {
+        if plain.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let id = block_id(&self.keys.dedup, plain);
+        let sealed_len = match self.meta.read()?.block_record(&id)? {
+            Some(r) if self.store.contains(&id) => r.sealed_len,
+            _ => {
+                let sealed = seal::seal(&self.keys.recipient, plain)
+                    .map_err(|e| VolumeError::Seal(e.to_string()))?;
+                self.store.put(&id, &sealed)?;
+                sealed.len() as u32
+            }
+        };
+        Ok(Some((id, BlockRecord { refcount: 0, plain_len: plain.len() as u32, sealed_len })))
+    }
+
+    /// Commits a finished seal if its block is still current (see module doc).
+    pub(super) fn finish_seal(&self, job: SealJob, result: Result<Option<(BlockId, BlockRecord)>>) {
+        let file = job.file;
+        let mut st = file.lock();
+        st.in_flight -= 1;
+        let current = st.dirty.get(&job.index).is_some_and(|d| d.seq == job.seq && d.queued);
+        if current {
+            let outcome = result.and_then(|block| self.commit_block(file.ino, job.index, block, &st));
+            match outcome {
+                Ok(()) => {
+                    st.dirty.remove(&job.index);
+                    if st.dirty.is_empty() && st.in_flight == 0 {
+                        st.attr_dirty = false;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(target: "bitcloud::volume", ino = %file.ino, index = job.index, error = %e, "sealing a block failed");
+                    if let Some(d) = st.dirty.get_mut(&job.index) {
+                        d.queued = false;
+                    }
+                    st.error.get_or_insert(e);
+                }
+            }
+        }
+        drop(st);
+        file.changed.notify_all();
+    }
+
+    fn commit_block(
+        &self,
+        ino: InodeNo,
+        index: u64,
+        block: Option<(BlockId, BlockRecord)>,
+        st: &FileState,
+    ) -> Result<()> {
+        let mut tx = self.meta.write()?;
+        let Some(mut inode) = tx.inode(ino)? else {
+            return Ok(()); // deleted meanwhile
+        };
+        let delta = tx.set_block(ino, index, block)?;
+        inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        inode.size = st.size;
+        inode.mtime = st.mtime;
+        inode.ctime = st.ctime;
+        tx.put_inode(ino, &inode)?;
+        tx.commit()?;
+        self.mark_dirty();
+        Ok(())
+    }
+
+    /// Seals every dirty block of `ino` and commits its size and times.
+    pub fn flush(&self, ino: InodeNo) -> Result<()> {
+        let Some(file) = self.files.lock().get(&ino).cloned() else {
+            return Ok(());
+        };
+        loop {
+            let mut st = file.lock();
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            let jobs: Vec<SealJob> = st
+                .dirty
+                .iter_mut()
+                .filter(|(_, d)| !d.queued)
+                .map(|(i, d)| {
+                    d.queued = true;
+                    SealJob { file: file.clone(), index: *i, seq: d.seq, data: d.data.clone() }
+                })
+                .collect();
+            st.in_flight += jobs.len();
+            if jobs.is_empty() {
+                while st.in_flight > 0 {
+                    file.changed.wait(&mut st);
+                }
+                if let Some(e) = st.error.take() {
+                    return Err(e);
+                }
+                if !st.dirty.is_empty() {
+                    continue;
+                }
+                if st.attr_dirty {
+                    let mut tx = self.meta.write()?;
+                    if let Some(mut inode) = tx.inode(ino)? {
+                        inode.size = st.size;
+                        inode.mtime = st.mtime;
+                        inode.ctime = st.ctime;
+                        tx.put_inode(ino, &inode)?;
+                    }
+                    tx.commit()?;
+                    self.mark_dirty();
+                    st.attr_dirty = false;
+                }
+                return Ok(());
+            }
+            drop(st);
+            let single = jobs.len() == 1;
+            for job in jobs {
+                let job = if single { Err(job) } else { self.sealer.submit(job) };
+                if let Err(job) = job {
+                    let r = self.seal_block(&job.data);
+                    self.finish_seal(job, r);
+                }
+            }
+        }
+    }
+
+    /// Flushes `ino` and makes the whole volume durable.
+    pub fn fsync(&self, ino: InodeNo) -> Result<()> {
+        self.flush(ino)?;
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    /// Sets the size of a regular file, dropping or zero-extending its tail.
+    pub fn truncate(&self, ino: InodeNo, new_size: u64) -> Result<()> {
+        if new_size > super::MAX_FILE_SIZE {
+            return Err(VolumeError::FileTooBig);
+        }
+        let file = self.file(ino)?;
+        let result = self.truncate_locked(&file, new_size);
+        self.maybe_evict(&file);
+        result
+    }
+
+    fn truncate_locked(&self, file: &Arc<OpenFile>, new_size: u64) -> Result<()> {
+        let ino = file.ino;
+        let bs = self.block_size;
+        let mut st = file.lock();
+        let now = Timestamp::now();
+        let keep_blocks = new_size.div_ceil(bs);
+        let edge = (new_size % bs != 0).then_some(new_size / bs);
+        let mut edge_block = None;
+        if new_size < st.size {
+            if let Some(index) = edge {
+                let mut data = self.current_block(ino, &st, index)?;
+                data.truncate((new_size - index * bs) as usize);
+                edge_block = Some((index, self.seal_block(&data)?));
+            }
+            st.dirty.retain(|i, _| *i < keep_blocks && Some(*i) != edge);
+        }
+        let mut tx = self.meta.write()?;
+        let mut inode = self.load_inode(&tx, ino)?;
+        let mut delta = -(tx.set_blocks_from(ino, keep_blocks)? as i64);
+        if let Some((index, block)) = edge_block {
+            delta += tx.set_block(ino, index, block)?;
+        }
+        inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        inode.size = new_size;
+        inode.mtime = now;
+        inode.ctime = now;
+        tx.put_inode(ino, &inode)?;
+        tx.commit()?;
+        self.mark_dirty();
+        st.size = new_size;
+        st.mtime = now;
+        st.ctime = now;
+        Ok(())
+    }
+
+    /// fallocate(2): mode 0 (extend), KEEP_SIZE (no-op: nothing to reserve), PUNCH_HOLE.
+    pub fn fallocate(&self, ino: InodeNo, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let end = offset.checked_add(len).ok_or(VolumeError::FileTooBig)?;
+        if end > super::MAX_FILE_SIZE {
+            return Err(VolumeError::FileTooBig);
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0 || (punch && !keep_size) {
+            return Err(VolumeError::NotSupported("fallocate mode"));
+        }
+        let file = self.file(ino)?;
+        if punch {
+            let size = file.lock().size;
+            let end = end.min(size);
+            let bs = self.block_size;
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / bs;
+                let bstart = index * bs;
+                let chunk_end = (bstart + bs).min(end);
+                if pos == bstart && chunk_end == bstart + bs {
+                    self.punch_block(&file, index)?;
+                } else {
+                    self.write(ino, pos, &vec![0u8; (chunk_end - pos) as usize])?;
+                }
+                pos = chunk_end;
+            }
+        } else if !keep_size && end > file.lock().size {
+            self.truncate(ino, end)?;
+        }
+        self.maybe_evict(&file);
+        Ok(())
+    }
+
+    fn punch_block(&self, file: &Arc<OpenFile>, index: u64) -> Result<()> {
+        let mut st = file.lock();
+        st.dirty.remove(&index);
+        let mut tx = self.meta.write()?;
+        let mut inode = self.load_inode(&tx, file.ino)?;
+        let delta = tx.set_block(file.ino, index, None)?;
+        inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        let now = Timestamp::now();
+        inode.mtime = now;
+        inode.ctime = now;
+        tx.put_inode(file.ino, &inode)?;
+        tx.commit()?;
+        st.mtime = now;
+        st.ctime = now;
+        self.mark_dirty();
+        Ok(())
+    }
+}
+
+enum Source {
+    Dirty(Arc<Vec<u8>>),
+    Stored(BlockId),
+    Hole,
+}

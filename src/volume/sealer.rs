@@ -1,0 +1,77 @@
+//! Background sealing: full blocks produced by sequential writes are hashed, encrypted and
+//! stored on worker threads, so the FUSE thread only copies bytes. The queue is bounded: when
+//! the workers fall behind, writers wait (backpressure) instead of growing memory.
+//!
+//! A worker computes the sealed block and stores it, then hands the result back to the volume
+//! (`Volume::finish_seal`), which commits the block map under the file's lock. The workers hold
+//! only a weak reference to the volume, so dropping the volume stops them.
+
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::Mutex;
+
+use super::Volume;
+use super::file::OpenFile;
+
+/// One block to seal.
+pub(super) struct SealJob {
+    pub file: Arc<OpenFile>,
+    pub index: u64,
+    pub seq: u64,
+    pub data: Arc<Vec<u8>>,
+}
+
+pub(super) struct Sealer {
+    tx: Mutex<Option<Sender<SealJob>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Jobs waiting per worker before writers block.
+const QUEUE_PER_WORKER: usize = 4;
+
+impl Sealer {
+    pub(super) fn start(volume: Weak<Volume>, threads: usize) -> Sealer {
+        let threads = threads.max(1);
+        let (tx, rx) = bounded::<SealJob>(threads * QUEUE_PER_WORKER);
+        let workers = (0..threads)
+            .map(|i| {
+                let rx: Receiver<SealJob> = rx.clone();
+                let volume = volume.clone();
+                std::thread::Builder::new()
+                    .name(format!("bitcloud-seal-{i}"))
+                    .spawn(move || {
+                        for job in rx {
+                            let Some(v) = volume.upgrade() else { break };
+                            let result = v.seal_block(&job.data);
+                            v.finish_seal(job, result);
+                        }
+                    })
+                    .expect("spawning a sealing thread (out of threads?)")
+            })
+            .collect();
+        Sealer { tx: Mutex::new(Some(tx)), workers: Mutex::new(workers) }
+    }
+
+    /// Queues a job; blocks while the queue is full. Returns the job back if stopped.
+    pub(super) fn submit(&self, job: SealJob) -> Result<(), SealJob> {
+        let tx = self.tx.lock().clone();
+        match tx {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Stops accepting jobs and waits for the workers to drain the queue.
+    pub(super) fn stop(&self) {
+        self.tx.lock().take();
+        let workers = std::mem::take(&mut *self.workers.lock());
+        let me = std::thread::current().id();
+        for w in workers {
+            if w.thread().id() != me {
+                let _ = w.join();
+            }
+        }
+    }
+}

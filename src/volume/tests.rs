@@ -1,0 +1,176 @@
+//! Unit tests of the volume without FUSE: POSIX behaviour at the API level.
+
+use super::*;
+use crate::meta::codec::Kind;
+
+const ME: Caller = Caller { uid: 1000, gid: 1000 };
+
+fn volume(block_size: u32) -> (tempfile::TempDir, Arc<Volume>) {
+    let dir = tempfile::tempdir().unwrap();
+    Volume::create(dir.path(), block_size, ME).unwrap();
+    let keys = VolumeKeys::derive(age::x25519::Identity::generate());
+    let (v, _) = Volume::load(dir.path(), keys, 2).unwrap();
+    (dir, v)
+}
+
+fn file(v: &Volume, name: &str) -> InodeNo {
+    v.create_node(InodeNo::ROOT, name.as_bytes(), Kind::File, 0o644, 0, ME, None).unwrap().ino
+}
+
+#[test]
+fn write_read_at_block_boundaries() {
+    let bs = 64 * 1024;
+    let (_d, v) = volume(bs as u32);
+    for (i, len) in [0usize, 1, bs - 1, bs, bs + 1, 3 * bs + 7].into_iter().enumerate() {
+        let ino = file(&v, &format!("f{i}"));
+        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        let data: Vec<u8> = (0..len).map(|j| (j % 251) as u8 + 1).collect();
+        assert_eq!(v.write(ino, 0, &data).unwrap(), len);
+        assert_eq!(v.read(ino, 0, len as u32 + 10).unwrap(), data, "before flush, len {len}");
+        v.release(fh).unwrap();
+        assert_eq!(v.getattr(ino).unwrap().inode.size, len as u64);
+        assert_eq!(v.read(ino, 0, len as u32 + 10).unwrap(), data, "after release, len {len}");
+    }
+}
+
+#[test]
+fn holes_read_as_zeros_and_are_not_stored() {
+    let (_d, v) = volume(64 * 1024);
+    let ino = file(&v, "sparse");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 10 << 20, b"tail").unwrap();
+    v.release(fh).unwrap();
+    let a = v.getattr(ino).unwrap();
+    assert_eq!(a.inode.size, (10 << 20) + 4);
+    assert_eq!(a.inode.stored_blocks, 1);
+    assert!(v.read(ino, 5 << 20, 4096).unwrap().iter().all(|b| *b == 0));
+    assert_eq!(v.read(ino, 10 << 20, 10).unwrap(), b"tail");
+}
+
+#[test]
+fn identical_blocks_are_stored_once_and_freed_when_unreferenced() {
+    let (_d, v) = volume(64 * 1024);
+    let data = vec![7u8; 64 * 1024 * 3];
+    for name in ["a", "b"] {
+        let ino = file(&v, name);
+        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        v.write(ino, 0, &data).unwrap();
+        v.release(fh).unwrap();
+    }
+    let c = v.counts().unwrap();
+    assert_eq!(c.blocks, 1, "six references to one block");
+    assert_eq!(c.referenced_plain_bytes, 6 * 64 * 1024);
+    v.unlink(InodeNo::ROOT, b"a").unwrap();
+    v.unlink(InodeNo::ROOT, b"b").unwrap();
+    assert_eq!(v.counts().unwrap().blocks, 0);
+    assert_eq!(v.checkpoint().unwrap(), 1);
+    assert!(v.store().list().unwrap().is_empty());
+}
+
+#[test]
+fn truncate_drops_tail_and_zero_extends() {
+    let (_d, v) = volume(64 * 1024);
+    let ino = file(&v, "t");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 0, &vec![9u8; 200_000]).unwrap();
+    v.truncate(ino, 70_000).unwrap();
+    v.truncate(ino, 150_000).unwrap();
+    let back = v.read(ino, 0, 200_000).unwrap();
+    assert_eq!(back.len(), 150_000);
+    assert!(back[..70_000].iter().all(|b| *b == 9));
+    assert!(back[70_000..].iter().all(|b| *b == 0), "old bytes came back after extension");
+    v.release(fh).unwrap();
+    assert_eq!(v.read(ino, 0, 200_000).unwrap(), back);
+}
+
+#[test]
+fn damaged_block_is_an_error_for_that_file_only() {
+    let (_d, v) = volume(64 * 1024);
+    let good = file(&v, "good");
+    let bad = file(&v, "bad");
+    for (ino, byte) in [(good, 1u8), (bad, 2u8)] {
+        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        v.write(ino, 0, &vec![byte; 1000]).unwrap();
+        v.release(fh).unwrap();
+    }
+    let id = v.meta().read().unwrap().block_at(bad, 0).unwrap().unwrap();
+    let path = v.store().path_of(&id);
+    let mut sealed = std::fs::read(&path).unwrap();
+    let n = sealed.len();
+    sealed[n - 5] ^= 0xff;
+    std::fs::write(&path, sealed).unwrap();
+    v.cache.forget(&id);
+    assert!(matches!(v.read(bad, 0, 10), Err(VolumeError::Corrupt { .. })));
+    assert_eq!(v.read(good, 0, 3).unwrap(), vec![1, 1, 1]);
+}
+
+#[test]
+fn names_are_not_stored_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    Volume::create(dir.path(), 65536, ME).unwrap();
+    let keys = VolumeKeys::derive(age::x25519::Identity::generate());
+    let (v, _) = Volume::load(dir.path(), keys, 1).unwrap();
+    let marker = b"PLAINTEXT-MARKER-name-7f3a";
+    let ino = v.create_node(InodeNo::ROOT, marker, Kind::File, 0o644, 0, ME, None).unwrap().ino;
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 0, b"PLAINTEXT-MARKER-content-7f3a").unwrap();
+    v.release(fh).unwrap();
+    v.setxattr(ino, b"user.PLAINTEXT-MARKER-x", b"PLAINTEXT-MARKER-v", XattrMode::Any).unwrap();
+    v.create_node(InodeNo::ROOT, b"l", Kind::Symlink, 0o777, 0, ME, Some(b"PLAINTEXT-MARKER-target")).unwrap();
+    v.shutdown().unwrap();
+    drop(v);
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"), "marker in clear in {}", entry.display());
+    }
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn rename_modes_and_link_counts() {
+    let (_d, v) = volume(65536);
+    let a = file(&v, "a");
+    let b = file(&v, "b");
+    assert!(matches!(v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::NoReplace), Err(VolumeError::Exists)));
+    v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::Exchange).unwrap();
+    assert_eq!(v.lookup(InodeNo::ROOT, b"b").unwrap().ino, a);
+    assert_eq!(v.lookup(InodeNo::ROOT, b"a").unwrap().ino, b);
+    v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::Replace).unwrap();
+    assert!(matches!(v.getattr(a), Err(VolumeError::NotFound)));
+    let d = v.create_node(InodeNo::ROOT, b"d", Kind::Dir, 0o755, 0, ME, None).unwrap().ino;
+    assert_eq!(v.getattr(InodeNo::ROOT).unwrap().inode.nlink, 3);
+    v.link(b, d, b"hard").unwrap();
+    assert_eq!(v.getattr(b).unwrap().inode.nlink, 2);
+    let sub = v.create_node(d, b"sub", Kind::Dir, 0o755, 0, ME, None).unwrap().ino;
+    assert!(matches!(v.rename(InodeNo::ROOT, b"d", sub, b"x", RenameMode::Replace), Err(VolumeError::Invalid(_))));
+    v.rename(d, b"sub", InodeNo::ROOT, b"sub2", RenameMode::Replace).unwrap();
+    assert_eq!(v.getattr(d).unwrap().inode.nlink, 2);
+    assert_eq!(v.getattr(InodeNo::ROOT).unwrap().inode.nlink, 4);
+    assert_eq!(v.parent_of(sub).unwrap(), InodeNo::ROOT);
+    assert!(matches!(v.rmdir(InodeNo::ROOT, b"d"), Err(VolumeError::NotEmpty)));
+    assert!(matches!(v.create_node(InodeNo::ROOT, &[b'x'; 256], Kind::File, 0o644, 0, ME, None), Err(VolumeError::NameTooLong)));
+}
+
+#[test]
+fn unlinked_open_file_lives_until_release() {
+    let (_d, v) = volume(65536);
+    let ino = file(&v, "tmp");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 0, b"still here").unwrap();
+    v.unlink(InodeNo::ROOT, b"tmp").unwrap();
+    assert_eq!(v.read(ino, 0, 100).unwrap(), b"still here");
+    assert_eq!(v.getattr(ino).unwrap().inode.nlink, 0);
+    v.release(fh).unwrap();
+    assert!(matches!(v.getattr(ino), Err(VolumeError::NotFound)));
+}
