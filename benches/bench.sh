@@ -176,7 +176,7 @@ start_fs() {
         bitcloud)
             # shellcheck disable=SC2086
             "$BITCLOUD_BIN" --home "${SRC[$t]}" mount "${MNT[$t]}" ${BITCLOUD_MOUNT_OPTS:-} >>"$BASE/$t.log" 2>&1 &
-            want='^fuse\.bitcloud$' ;;
+            want='^fuse(\.bitcloud)?$' ;;
     esac
     FS_PID[$t]=$!
     deadline=$((SECONDS + MOUNT_TIMEOUT))

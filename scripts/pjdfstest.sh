@@ -186,7 +186,7 @@ case $TARGET in
         "$BITCLOUD_BIN" --home "$WORK/home" mount "$MNT" -o allow_other ${BITCLOUD_MOUNT_OPTS:-} \
             >"$FS_LOG" 2>&1 &
         FS_PID=$!
-        wait_mounted "$MNT" '^fuse\.bitcloud$'
+        wait_mounted "$MNT" '^fuse(\.bitcloud)?$'
         TESTDIR="$MNT/pjdfstest"
         ;;
 esac

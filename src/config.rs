@@ -24,16 +24,36 @@ impl Paths {
             let h = if h.is_absolute() {
                 h.to_path_buf()
             } else {
-                std::env::current_dir().map_err(|e| ConfigError::Io(h.into(), e))?.join(h)
+                std::env::current_dir()
+                    .map_err(|e| ConfigError::Io(h.into(), e))?
+                    .join(h)
             };
-            return Ok(Paths { config_dir: h.clone(), data_dir: h.join("data"), runtime_dir: h.join("run") });
+            return Ok(Paths {
+                config_dir: h.clone(),
+                data_dir: h.join("data"),
+                runtime_dir: h.join("run"),
+            });
         }
-        let env_dir = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env_dir = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let user_home = env_dir("HOME").ok_or(ConfigError::NoHome)?;
-        let config = env_dir("XDG_CONFIG_HOME").unwrap_or_else(|| user_home.join(".config")).join("bitcloud");
-        let data = env_dir("XDG_DATA_HOME").unwrap_or_else(|| user_home.join(".local/share")).join("bitcloud");
-        let runtime = env_dir("XDG_RUNTIME_DIR").map(|d| d.join("bitcloud")).unwrap_or_else(|| data.join("run"));
-        Ok(Paths { config_dir: config, data_dir: data, runtime_dir: runtime })
+        let config = env_dir("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| user_home.join(".config"))
+            .join("bitcloud");
+        let data = env_dir("XDG_DATA_HOME")
+            .unwrap_or_else(|| user_home.join(".local/share"))
+            .join("bitcloud");
+        let runtime = env_dir("XDG_RUNTIME_DIR")
+            .map(|d| d.join("bitcloud"))
+            .unwrap_or_else(|| data.join("run"));
+        Ok(Paths {
+            config_dir: config,
+            data_dir: data,
+            runtime_dir: runtime,
+        })
     }
 
     pub fn identity_file(&self) -> PathBuf {
@@ -72,7 +92,7 @@ pub enum ConfigError {
 }
 
 /// Settings read from `config.toml`. Every key is optional; unknown keys are errors.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mount: MountConfig,
@@ -90,15 +110,13 @@ pub struct MountConfig {
     pub fuse_threads: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { mount: MountConfig::default() }
-    }
-}
-
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { seal_threads: 2, checkpoint_secs: 2, fuse_threads: 4 }
+        MountConfig {
+            seal_threads: 2,
+            checkpoint_secs: 2,
+            fuse_threads: 4,
+        }
     }
 }
 
@@ -130,7 +148,10 @@ impl Config {
 
     /// Parses and validates the text of a config file (errors name the key and line).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             match line {
@@ -141,7 +162,9 @@ impl Config {
         let m = &config.mount;
         let check = |key: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
-                Err(invalid(format!("mount.{key} = {v} is out of range {lo}..={hi}")))
+                Err(invalid(format!(
+                    "mount.{key} = {v} is out of range {lo}..={hi}"
+                )))
             } else {
                 Ok(())
             }
@@ -159,12 +182,16 @@ mod tests {
 
     #[test]
     fn default_file_parses_to_defaults() {
-        assert_eq!(Config::parse(Path::new("c"), DEFAULT_CONFIG).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse(Path::new("c"), DEFAULT_CONFIG).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let e = Config::parse(Path::new("c.toml"), "[mount]\nseal_threads = 2\nsael = 1\n").unwrap_err();
+        let e = Config::parse(Path::new("c.toml"), "[mount]\nseal_threads = 2\nsael = 1\n")
+            .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("line 3") && msg.contains("sael"), "{msg}");
     }
@@ -173,7 +200,8 @@ mod tests {
     fn out_of_range_value_is_named() {
         let e = Config::parse(Path::new("c.toml"), "[mount]\nseal_threads = 0\n").unwrap_err();
         assert!(e.to_string().contains("mount.seal_threads"), "{e}");
-        let e = Config::parse(Path::new("c.toml"), "[mount]\ncheckpoint_secs = \"x\"\n").unwrap_err();
+        let e =
+            Config::parse(Path::new("c.toml"), "[mount]\ncheckpoint_secs = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
     }
 

@@ -68,7 +68,9 @@ impl VolumeLock {
 
     /// Whether some process holds the lock at `path` right now.
     pub fn is_held(path: &Path) -> bool {
-        let Ok(file) = File::open(path) else { return false };
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
         // SAFETY: flock on a valid open descriptor; released when `file` drops.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         rc != 0
@@ -113,7 +115,9 @@ fn fuse_options(opts: &[String]) -> Result<(Vec<MountOption>, SessionACL)> {
             "dirsync" => out.push(MountOption::DirSync),
             "auto_unmount" => out.push(MountOption::AutoUnmount),
             o if o.starts_with("fsname=") || o.starts_with("subtype=") => {
-                bail!("mount option {o:?} cannot be changed: bitcloud mounts are fsname=bitcloud, type fuse.bitcloud")
+                bail!(
+                    "mount option {o:?} cannot be changed: bitcloud mounts are fsname=bitcloud, type fuse.bitcloud"
+                )
             }
             o => bail!("unknown mount option {o:?} (see `bitcloud mount --help`)"),
         }
@@ -128,10 +132,14 @@ fn fuse_options(opts: &[String]) -> Result<(Vec<MountOption>, SessionACL)> {
 pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
     if mountpoint::is_stale(path) {
         tracing::warn!(target: "bitcloud::daemon", path = %path.display(), "detaching a dead mount left by an earlier crash");
-        mountpoint::detach(path).with_context(|| format!("detaching the dead mount at {}", path.display()))?;
+        mountpoint::detach(path)
+            .with_context(|| format!("detaching the dead mount at {}", path.display()))?;
     }
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("mountpoint {} does not exist (create it with mkdir)", path.display()),
+        std::io::ErrorKind::NotFound => anyhow!(
+            "mountpoint {} does not exist (create it with mkdir)",
+            path.display()
+        ),
         _ => anyhow!("mountpoint {}: {e}", path.display()),
     })?;
     if !meta.is_dir() {
@@ -139,10 +147,18 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
     }
     let canonical = std::fs::canonicalize(path)?;
     if let Some(m) = mountpoint::mount_at(&canonical) {
-        if m.fstype == format!("fuse.{SUBTYPE}") {
-            bail!("{} is already mounted (a bitcloud volume is mounted there)", canonical.display());
+        if m.is_bitcloud() {
+            bail!(
+                "{} is already mounted (a bitcloud volume is mounted there)",
+                canonical.display()
+            );
         }
-        bail!("mountpoint {} is busy: {} ({}) is mounted there", canonical.display(), m.source, m.fstype);
+        bail!(
+            "mountpoint {} is busy: {} ({}) is mounted there",
+            canonical.display(),
+            m.source,
+            m.fstype
+        );
     }
     Ok(canonical)
 }
@@ -152,8 +168,9 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     let mountpoint = prepare_mountpoint(&req.mountpoint)?;
     let (options, acl) = fuse_options(&req.options)?;
     let _lock = VolumeLock::acquire(&paths.lock_file())?;
-    let (volume, recovery) = Volume::load(&paths.volume_dir(), req.keys, req.config.mount.seal_threads)
-        .context("opening the volume")?;
+    let (volume, recovery) =
+        Volume::load(&paths.volume_dir(), req.keys, req.config.mount.seal_threads)
+            .context("opening the volume")?;
     if recovery.orphans_removed + recovery.stray_blocks_removed > 0 {
         tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
     }
@@ -162,15 +179,18 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     fuse_config.mount_options = options;
     fuse_config.acl = acl;
     fuse_config.n_threads = Some(req.config.mount.fuse_threads);
-    let mut session = fuser::Session::new(BitcloudFs::new(volume.clone()), &mountpoint, &fuse_config)
+    let session = fuser::Session::new(BitcloudFs::new(volume.clone()), &mountpoint, &fuse_config)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
     let background = session.spawn().context("starting the FUSE session")?;
 
     // Ready only once the mount answers: stat of the root goes through our getattr.
     let root = std::fs::metadata(&mountpoint).context("the new mount does not answer")?;
     if root.ino() != crate::ids::InodeNo::ROOT.0 {
-        bail!("the mount at {} did not come up (root inode {})", mountpoint.display(), root.ino());
+        bail!(
+            "the mount at {} did not come up (root inode {})",
+            mountpoint.display(),
+            root.ino()
+        );
     }
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
@@ -187,14 +207,28 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         tracing::warn!(target: "bitcloud::daemon", error = %e, "control socket unavailable; status will read the database");
     }
     tracing::info!(target: "bitcloud::daemon", mountpoint = %mountpoint.display(), "mounted");
-    eprintln!("bitcloud: mounted at {} (Ctrl-C or `bitcloud umount {}` to stop)", mountpoint.display(), mountpoint.display());
+    eprintln!(
+        "bitcloud: mounted at {} (Ctrl-C or `bitcloud umount {}` to stop)",
+        mountpoint.display(),
+        mountpoint.display()
+    );
     notify::notify("READY=1");
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let reason = runtime.block_on(wait_for_stop(volume.clone(), stop_rx, background, &mountpoint, &mut unmounter, req.config.mount.checkpoint_secs))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reason = runtime.block_on(wait_for_stop(
+        volume.clone(),
+        stop_rx,
+        background,
+        &mountpoint,
+        req.config.mount.checkpoint_secs,
+    ))?;
     tracing::info!(target: "bitcloud::daemon", reason, "stopping");
     notify::notify("STOPPING=1");
-    volume.shutdown().context("flushing the volume at unmount")?;
+    volume
+        .shutdown()
+        .context("flushing the volume at unmount")?;
     let _ = std::fs::remove_file(paths.control_socket());
     eprintln!("bitcloud: unmounted {}", mountpoint.display());
     Ok(())
@@ -205,7 +239,6 @@ async fn wait_for_stop(
     mut stop_rx: tokio::sync::mpsc::Receiver<&'static str>,
     background: fuser::BackgroundSession,
     mountpoint: &Path,
-    unmounter: &mut fuser::SessionUnmounter,
     checkpoint_secs: u64,
 ) -> Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -213,9 +246,11 @@ async fn wait_for_stop(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("bitcloud-session".into()).spawn(move || {
-        let _ = done_tx.send(background.join());
-    })?;
+    std::thread::Builder::new()
+        .name("bitcloud-session".into())
+        .spawn(move || {
+            let _ = done_tx.send(background.join());
+        })?;
     let mut tick = tokio::time::interval(Duration::from_secs(checkpoint_secs));
     let reason = loop {
         tokio::select! {
@@ -243,9 +278,11 @@ async fn wait_for_stop(
         }
     };
     notify::notify("STOPPING=1");
-    if let Err(e) = unmounter.unmount() {
+    // fuser's own unmounter is empty once the session is spawned: unmount by path.
+    if let Err(e) = mountpoint::unmount(mountpoint) {
         tracing::warn!(target: "bitcloud::daemon", error = %e, "unmount failed (files still open?); detaching lazily");
-        mountpoint::detach(mountpoint).with_context(|| format!("unmounting {}", mountpoint.display()))?;
+        mountpoint::detach(mountpoint)
+            .with_context(|| format!("unmounting {}", mountpoint.display()))?;
     }
     let _ = done_rx.await;
     Ok(reason)

@@ -23,7 +23,7 @@ use fuser::{
 use crate::ids::InodeNo as Ino;
 use crate::meta::codec::{Kind, Timestamp};
 use crate::volume::{
-    Attr, Caller, RenameMode, SetAttr, TimeSet, Volume, VolumeError, XattrMode,
+    Attr, Caller, NewNode, RenameMode, SetAttr, TimeSet, Volume, VolumeError, XattrMode,
 };
 
 /// How long the kernel may cache entries and attributes.
@@ -123,13 +123,18 @@ fn fail(op: &str, ino: u64, e: &VolumeError) -> Errno {
         | VolumeError::NoSpace => {
             tracing::error!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
         }
-        _ => tracing::debug!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed"),
+        _ => {
+            tracing::debug!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
+        }
     }
     errno
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 impl Filesystem for BitcloudFs {
@@ -221,14 +226,42 @@ impl Filesystem for BitcloudFs {
             libc::S_IFDIR => Kind::Dir,
             _ => return reply.error(Errno::EINVAL),
         };
-        match self.volume.create_node(Ino(parent.0), name.as_bytes(), kind, mode, rdev, caller(req), None) {
+        match self.volume.create_node(
+            Ino(parent.0),
+            name.as_bytes(),
+            NewNode {
+                kind,
+                mode,
+                rdev,
+                target: None,
+            },
+            caller(req),
+        ) {
             Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(fail("mknod", parent.0, &e)),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        match self.volume.create_node(Ino(parent.0), name.as_bytes(), Kind::Dir, mode, 0, caller(req), None) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.volume.create_node(
+            Ino(parent.0),
+            name.as_bytes(),
+            NewNode {
+                kind: Kind::Dir,
+                mode,
+                rdev: 0,
+                target: None,
+            },
+            caller(req),
+        ) {
             Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", parent.0, &e)),
         }
@@ -248,16 +281,25 @@ impl Filesystem for BitcloudFs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let target = target.as_os_str().as_bytes();
         match self.volume.create_node(
             Ino(parent.0),
             link_name.as_bytes(),
-            Kind::Symlink,
-            0o777,
-            0,
+            NewNode {
+                kind: Kind::Symlink,
+                mode: 0o777,
+                rdev: 0,
+                target: Some(target),
+            },
             caller(req),
-            Some(target),
         ) {
             Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(fail("symlink", parent.0, &e)),
@@ -283,14 +325,30 @@ impl Filesystem for BitcloudFs {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        match self.volume.rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode) {
+        match self.volume.rename(
+            Ino(parent.0),
+            name.as_bytes(),
+            Ino(newparent.0),
+            newname.as_bytes(),
+            mode,
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rename", parent.0, &e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        match self.volume.link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .volume
+            .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes())
+        {
             Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(fail("link", ino.0, &e)),
         }
@@ -298,7 +356,10 @@ impl Filesystem for BitcloudFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        match self.volume.open(Ino(ino.0), crate::volume::OpenFlags { write }) {
+        match self
+            .volume
+            .open(Ino(ino.0), crate::volume::OpenFlags { write })
+        {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fail("open", ino.0, &e)),
         }
@@ -339,7 +400,14 @@ impl Filesystem for BitcloudFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.volume.flush(Ino(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),
@@ -362,7 +430,14 @@ impl Filesystem for BitcloudFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.volume.fsync(Ino(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsync", ino.0, &e)),
@@ -377,7 +452,14 @@ impl Filesystem for BitcloudFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let dir = Ino(ino.0);
         if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
             return reply.ok();
@@ -401,7 +483,12 @@ impl Filesystem for BitcloudFs {
                 return reply.ok();
             }
             for e in entries {
-                if reply.add(INodeNo(e.ino.0), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -426,11 +513,22 @@ impl Filesystem for BitcloudFs {
             if offset == 0 && reply.add(ino, 1, ".", &ATTR_TTL, &to_fuse(&me), Generation(0)) {
                 return reply.ok();
             }
-            let parent = match self.volume.parent_of(dir).and_then(|p| self.volume.getattr(p)) {
+            let parent = match self
+                .volume
+                .parent_of(dir)
+                .and_then(|p| self.volume.getattr(p))
+            {
                 Ok(a) => a,
                 Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
             };
-            if reply.add(INodeNo(parent.ino.0), 2, "..", &ATTR_TTL, &to_fuse(&parent), Generation(0)) {
+            if reply.add(
+                INodeNo(parent.ino.0),
+                2,
+                "..",
+                &ATTR_TTL,
+                &to_fuse(&parent),
+                Generation(0),
+            ) {
                 return reply.ok();
             }
         }
@@ -444,8 +542,19 @@ impl Filesystem for BitcloudFs {
                 return reply.ok();
             }
             for e in entries {
-                let attr = e.attr.as_ref().map(to_fuse).expect("readdir with plus fills attrs");
-                if reply.add(INodeNo(e.ino.0), e.cookie, OsStr::from_bytes(&e.name), &ATTR_TTL, &attr, Generation(0)) {
+                let attr = e
+                    .attr
+                    .as_ref()
+                    .map(to_fuse)
+                    .expect("readdir with plus fills attrs");
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie,
+                    OsStr::from_bytes(&e.name),
+                    &ATTR_TTL,
+                    &attr,
+                    Generation(0),
+                ) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -453,7 +562,14 @@ impl Filesystem for BitcloudFs {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.volume.checkpoint() {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
@@ -492,7 +608,10 @@ impl Filesystem for BitcloudFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::EINVAL),
         };
-        match self.volume.setxattr(Ino(ino.0), name.as_bytes(), value, mode) {
+        match self
+            .volume
+            .setxattr(Ino(ino.0), name.as_bytes(), value, mode)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", ino.0, &e)),
         }
@@ -543,12 +662,26 @@ impl Filesystem for BitcloudFs {
     ) {
         let v = &self.volume;
         let created = v
-            .create_node(Ino(parent.0), name.as_bytes(), Kind::File, mode, 0, caller(req), None)
+            .create_node(
+                Ino(parent.0),
+                name.as_bytes(),
+                NewNode {
+                    kind: Kind::File,
+                    mode,
+                    rdev: 0,
+                    target: None,
+                },
+                caller(req),
+            )
             .and_then(|a| Ok((v.open(a.ino, crate::volume::OpenFlags { write: true })?, a)));
         match created {
-            Ok((fh, a)) => {
-                reply.created(&ATTR_TTL, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-            }
+            Ok((fh, a)) => reply.created(
+                &ATTR_TTL,
+                &to_fuse(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(fail("create", parent.0, &e)),
         }
     }

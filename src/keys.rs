@@ -29,14 +29,19 @@ const CTX_VOLUME_ID: &str = "bitcloud 2026-11 volume id v1";
 pub enum KeyError {
     #[error("identity file {path} not found: run `bitcloud init` first")]
     Missing { path: String },
-    #[error("identity file {path} is passphrase-protected: set BITCLOUD_PASSPHRASE or pass --passphrase-file")]
+    #[error(
+        "identity file {path} is passphrase-protected: set BITCLOUD_PASSPHRASE or pass --passphrase-file"
+    )]
     NeedPassphrase { path: String },
     #[error("wrong passphrase for identity file {path}")]
     WrongPassphrase { path: String },
     #[error("identity file {path} is damaged or not an age identity: {why}")]
     Malformed { path: String, why: String },
     #[error("i/o on identity file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Every key of one volume, all derived from the identity.
@@ -85,7 +90,10 @@ pub fn create_identity_file(
     path: &Path,
     passphrase: Option<&SecretString>,
 ) -> Result<age::x25519::Identity, KeyError> {
-    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let identity = age::x25519::Identity::generate();
     let secret = identity.to_string();
     let mut body = Zeroizing::new(format!(
@@ -96,8 +104,12 @@ pub fn create_identity_file(
     ));
     if let Some(pass) = passphrase {
         let recipient = age::scrypt::Recipient::new(pass.clone());
-        let wrapped = age::encrypt_and_armor(&recipient, body.as_bytes())
-            .map_err(|e| KeyError::Malformed { path: path.display().to_string(), why: e.to_string() })?;
+        let wrapped = age::encrypt_and_armor(&recipient, body.as_bytes()).map_err(|e| {
+            KeyError::Malformed {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            }
+        })?;
         *body = wrapped;
     }
     let mut file = fs::OpenOptions::new()
@@ -120,10 +132,13 @@ pub fn is_protected(path: &Path) -> Result<bool, KeyError> {
 fn read(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     match fs::read_to_string(path) {
         Ok(t) => Ok(Zeroizing::new(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(KeyError::Missing { path: path.display().to_string() })
-        }
-        Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::Missing {
+            path: path.display().to_string(),
+        }),
+        Err(source) => Err(KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 
@@ -141,9 +156,14 @@ pub fn load_identity(
         let identity = age::scrypt::Identity::new(pass.clone());
         let plain = age::decrypt(&identity, text.as_bytes()).map_err(|e| match e {
             age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
-                KeyError::WrongPassphrase { path: shown.clone() }
+                KeyError::WrongPassphrase {
+                    path: shown.clone(),
+                }
             }
-            other => KeyError::Malformed { path: shown.clone(), why: other.to_string() },
+            other => KeyError::Malformed {
+                path: shown.clone(),
+                why: other.to_string(),
+            },
         })?;
         text = Zeroizing::new(String::from_utf8(plain).map_err(|_| KeyError::Malformed {
             path: shown.clone(),
@@ -154,9 +174,14 @@ pub fn load_identity(
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .ok_or_else(|| KeyError::Malformed { path: shown.clone(), why: "no AGE-SECRET-KEY line".into() })?;
-    age::x25519::Identity::from_str(line)
-        .map_err(|e| KeyError::Malformed { path: shown, why: e.to_string() })
+        .ok_or_else(|| KeyError::Malformed {
+            path: shown.clone(),
+            why: "no AGE-SECRET-KEY line".into(),
+        })?;
+    age::x25519::Identity::from_str(line).map_err(|e| KeyError::Malformed {
+        path: shown,
+        why: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -169,11 +194,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.age");
         let id = create_identity_file(&path, None).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let back = load_identity(&path, None).unwrap();
         assert_eq!(back.to_public().to_string(), id.to_public().to_string());
         assert!(!is_protected(&path).unwrap());
-        assert!(create_identity_file(&path, None).is_err(), "must not overwrite");
+        assert!(
+            create_identity_file(&path, None).is_err(),
+            "must not overwrite"
+        );
     }
 
     #[test]
@@ -183,10 +214,20 @@ mod tests {
         let pass = SecretString::from("correct horse".to_string());
         let id = create_identity_file(&path, Some(&pass)).unwrap();
         assert!(is_protected(&path).unwrap());
-        assert!(!fs::read_to_string(&path).unwrap().contains("AGE-SECRET-KEY"));
-        assert!(matches!(load_identity(&path, None), Err(KeyError::NeedPassphrase { .. })));
+        assert!(
+            !fs::read_to_string(&path)
+                .unwrap()
+                .contains("AGE-SECRET-KEY")
+        );
+        assert!(matches!(
+            load_identity(&path, None),
+            Err(KeyError::NeedPassphrase { .. })
+        ));
         let wrong = SecretString::from("battery staple".to_string());
-        assert!(matches!(load_identity(&path, Some(&wrong)), Err(KeyError::WrongPassphrase { .. })));
+        assert!(matches!(
+            load_identity(&path, Some(&wrong)),
+            Err(KeyError::WrongPassphrase { .. })
+        ));
         let back = load_identity(&path, Some(&pass)).unwrap();
         assert_eq!(back.to_public().to_string(), id.to_public().to_string());
     }

@@ -81,7 +81,10 @@ impl MetaStore {
     /// Creates a new database with an empty root directory owned by `uid`/`gid`.
     pub fn create(path: &Path, block_size: u32, uid: u32, gid: u32) -> Result<MetaStore> {
         let db = db!(Database::builder().create(path));
-        let store = MetaStore { db, epoch: AtomicU64::new(1) };
+        let store = MetaStore {
+            db,
+            epoch: AtomicU64::new(1),
+        };
         let mut tx = store.write()?;
         {
             let mut sb = db!(tx.txn.open_table(SUPERBLOCK));
@@ -118,7 +121,10 @@ impl MetaStore {
     /// Opens an existing database and checks its format version.
     pub fn open(path: &Path) -> Result<MetaStore> {
         let db = db!(Database::builder().open(path));
-        let store = MetaStore { db, epoch: AtomicU64::new(0) };
+        let store = MetaStore {
+            db,
+            epoch: AtomicU64::new(0),
+        };
         let sb = store.superblock()?;
         if sb.format != FORMAT_VERSION {
             return Err(MetaError::UnsupportedFormat { found: sb.format });
@@ -147,21 +153,31 @@ impl MetaStore {
             Err(e) => return Err(MetaError::from_redb(e)),
         };
         let get = |k: &str| -> Result<u64> {
-            Ok(db!(sb.get(k)).map(|g| g.value()).ok_or(MetaError::NotInitialised)?)
+            db!(sb.get(k))
+                .map(|g| g.value())
+                .ok_or(MetaError::NotInitialised)
         };
-        Ok(Superblock { format: get("format")?, block_size: get("block_size")? as u32 })
+        Ok(Superblock {
+            format: get("format")?,
+            block_size: get("block_size")? as u32,
+        })
     }
 
     /// Starts a read transaction (a consistent snapshot).
     pub fn read(&self) -> Result<ReadTx> {
-        Ok(ReadTx { txn: db!(self.db.begin_read()) })
+        Ok(ReadTx {
+            txn: db!(self.db.begin_read()),
+        })
     }
 
     /// Starts a write transaction. Only one runs at a time; others wait.
     pub fn write(&self) -> Result<WriteTx> {
         let mut txn = db!(self.db.begin_write());
         db!(txn.set_durability(Durability::None));
-        Ok(WriteTx { txn, epoch: self.epoch.load(Ordering::SeqCst) })
+        Ok(WriteTx {
+            txn,
+            epoch: self.epoch.load(Ordering::SeqCst),
+        })
     }
 
     /// Makes every commit so far durable. Returns the epoch that is now safe to collect.
@@ -221,7 +237,12 @@ pub trait Reader {
     fn inode(&self, ino: InodeNo) -> Result<Option<Inode>>;
     fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>>;
     /// Entries of `parent` in tag order, starting after `after` (exclusive), at most `limit`.
-    fn list_dir(&self, parent: InodeNo, after: Option<&Tag>, limit: usize) -> Result<Vec<(Tag, Dirent)>>;
+    fn list_dir(
+        &self,
+        parent: InodeNo,
+        after: Option<&Tag>,
+        limit: usize,
+    ) -> Result<Vec<(Tag, Dirent)>>;
     fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>>;
     /// Mapped blocks of `ino` with index in `from..to`.
     fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>>;
@@ -313,7 +334,10 @@ macro_rules! impl_reader {
                 }
                 for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
                     let (k, v) = db!(row);
-                    out.push((codec::blockmap_index(k.value()), codec::block_id_of(v.value())?));
+                    out.push((
+                        codec::blockmap_index(k.value()),
+                        codec::block_id_of(v.value())?,
+                    ));
                 }
                 Ok(out)
             }
@@ -409,7 +433,9 @@ impl WriteTx {
     /// Allocates a fresh inode number (never reused).
     pub fn alloc_ino(&mut self) -> Result<InodeNo> {
         let mut sb = db!(self.txn.open_table(SUPERBLOCK));
-        let next = db!(sb.get("next_ino")).map(|g| g.value()).ok_or(MetaError::NotInitialised)?;
+        let next = db!(sb.get("next_ino"))
+            .map(|g| g.value())
+            .ok_or(MetaError::NotInitialised)?;
         db!(sb.insert("next_ino", next + 1));
         Ok(InodeNo(next))
     }
@@ -534,7 +560,10 @@ impl WriteTx {
             None => {
                 // Re-referenced before collection: it leaves the gc queue.
                 db!(db!(self.txn.open_table(GC)).remove(&id.0[..]));
-                BlockRecord { refcount: 1, ..record }
+                BlockRecord {
+                    refcount: 1,
+                    ..record
+                }
             }
         };
         db!(blocks.insert(&id.0[..], &next.encode()[..]));
@@ -581,7 +610,11 @@ mod tests {
     use super::*;
 
     fn rec() -> BlockRecord {
-        BlockRecord { refcount: 0, plain_len: 10, sealed_len: 200 }
+        BlockRecord {
+            refcount: 0,
+            plain_len: 10,
+            sealed_len: 200,
+        }
     }
 
     #[test]

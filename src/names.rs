@@ -51,7 +51,10 @@ pub struct NameCorrupt;
 
 impl NameCipher {
     pub fn new(mac: [u8; 32], enc: [u8; 32]) -> Self {
-        NameCipher { mac: Zeroizing::new(mac), enc: Zeroizing::new(enc) }
+        NameCipher {
+            mac: Zeroizing::new(mac),
+            enc: Zeroizing::new(enc),
+        }
     }
 
     /// The tag of `plain` in `domain` and `scope`, without encrypting (for lookups).
@@ -114,7 +117,13 @@ mod tests {
     #[test]
     fn round_trip_and_determinism() {
         let c = cipher();
-        for name in [&b""[..], b"a", b"hello.txt", &[0xffu8; 255][..], &[b'x'; 4096][..]] {
+        for name in [
+            &b""[..],
+            b"a",
+            b"hello.txt",
+            &[0xffu8; 255][..],
+            &[b'x'; 4096][..],
+        ] {
             let (tag, ct) = c.seal(Domain::DirEntry, 7, name);
             assert_eq!(c.open(Domain::DirEntry, 7, &tag, &ct).unwrap(), name);
             assert_eq!(c.seal(Domain::DirEntry, 7, name), (tag, ct.clone()));
@@ -127,8 +136,14 @@ mod tests {
     #[test]
     fn scope_and_domain_separate_tags() {
         let c = cipher();
-        assert_ne!(c.tag(Domain::DirEntry, 1, b"x"), c.tag(Domain::DirEntry, 2, b"x"));
-        assert_ne!(c.tag(Domain::DirEntry, 1, b"x"), c.tag(Domain::Symlink, 1, b"x"));
+        assert_ne!(
+            c.tag(Domain::DirEntry, 1, b"x"),
+            c.tag(Domain::DirEntry, 2, b"x")
+        );
+        assert_ne!(
+            c.tag(Domain::DirEntry, 1, b"x"),
+            c.tag(Domain::Symlink, 1, b"x")
+        );
     }
 
     #[test]
@@ -138,6 +153,9 @@ mod tests {
         ct[0] ^= 1;
         assert!(c.open(Domain::XattrValue, 3, &tag, &ct).is_err());
         let (tag, ct) = c.seal(Domain::XattrValue, 3, b"value");
-        assert!(c.open(Domain::XattrValue, 4, &tag, &ct).is_err(), "moved to another inode");
+        assert!(
+            c.open(Domain::XattrValue, 4, &tag, &ct).is_err(),
+            "moved to another inode"
+        );
     }
 }

@@ -26,13 +26,19 @@ pub enum StoreError {
     #[error("no space left on the device holding the block store")]
     NoSpace,
     #[error("block store i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     match source.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace,
-        _ => StoreError::Io { path: path.to_path_buf(), source },
+        _ => StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -82,7 +88,10 @@ impl BlockStore {
             fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{}.{n}", id.short(), std::process::id()));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}.{n}", id.short(), std::process::id()));
         let guard = DeleteOnDrop(Some(tmp.clone()));
         let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
         f.write_all(sealed).map_err(|e| io_err(&tmp, e))?;
@@ -146,7 +155,9 @@ impl BlockStore {
             if name.len() != 2 {
                 continue;
             }
-            let Ok(files) = fs::read_dir(fan.path()) else { continue };
+            let Ok(files) = fs::read_dir(fan.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 if let Some(id) = f.file_name().to_str().and_then(BlockId::from_hex) {
                     out.push(id);

@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 
 pub use error::{Result, VolumeError};
 pub use file::OpenFlags;
-pub use namespace::{DirEntry, RenameMode};
+pub use namespace::{DirEntry, NewNode, RenameMode};
 pub use xattr::XattrMode;
 
 use crate::ids::InodeNo;
@@ -112,7 +112,9 @@ pub struct Volume {
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Volume").field("block_size", &self.block_size).finish_non_exhaustive()
+        f.debug_struct("Volume")
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,9 +130,17 @@ impl Volume {
     /// Creates the metadata database and block store of a new volume in `data_dir`.
     pub fn create(data_dir: &Path, block_size: u32, owner: Caller) -> Result<()> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            VolumeError::Store(crate::store::StoreError::Io { path: data_dir.into(), source: e })
+            VolumeError::Store(crate::store::StoreError::Io {
+                path: data_dir.into(),
+                source: e,
+            })
         })?;
-        MetaStore::create(&data_dir.join("meta.redb"), block_size, owner.uid, owner.gid)?;
+        MetaStore::create(
+            &data_dir.join("meta.redb"),
+            block_size,
+            owner.uid,
+            owner.gid,
+        )?;
         BlockStore::open(&data_dir.join("blocks"))?;
         Ok(())
     }
@@ -138,7 +148,11 @@ impl Volume {
     /// Opens the volume in `data_dir`, finishing what an unclean stop left behind: unlinked
     /// files still open at the crash are deleted, block files no metadata references (sealed
     /// but never committed) are removed, and collectable blocks are freed.
-    pub fn load(data_dir: &Path, keys: VolumeKeys, seal_threads: usize) -> Result<(Arc<Volume>, Recovery)> {
+    pub fn load(
+        data_dir: &Path,
+        keys: VolumeKeys,
+        seal_threads: usize,
+    ) -> Result<(Arc<Volume>, Recovery)> {
         let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
         let block_size = meta.superblock()?.block_size as u64;
         let store = BlockStore::open(&data_dir.join("blocks"))?;
@@ -258,7 +272,12 @@ impl Volume {
         } else {
             0
         };
-        Attr { ino, inode, blocks512, blksize: 4096 }
+        Attr {
+            ino,
+            inode,
+            blocks512,
+            blksize: 4096,
+        }
     }
 
     fn load_inode(&self, r: &impl Reader, ino: InodeNo) -> Result<Inode> {

@@ -29,10 +29,17 @@ pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
     }
     let identity_path = paths.identity_file();
     if identity_path.exists() {
-        bail!("already initialised: {} exists (remove it and {} to start over)", identity_path.display(), paths.data_dir.display());
+        bail!(
+            "already initialised: {} exists (remove it and {} to start over)",
+            identity_path.display(),
+            paths.data_dir.display()
+        );
     }
     if paths.volume_dir().join("meta.redb").exists() {
-        bail!("a volume already exists in {} but its identity file is missing", paths.volume_dir().display());
+        bail!(
+            "a volume already exists in {} but its identity file is missing",
+            paths.volume_dir().display()
+        );
     }
     for dir in [&paths.config_dir, &paths.data_dir] {
         std::fs::DirBuilder::new()
@@ -44,11 +51,15 @@ pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
     let pass = super::passphrase::given(args.passphrase_file.as_deref())?;
     let identity = keys::create_identity_file(&identity_path, pass.as_ref())?;
     // SAFETY: getuid/getgid cannot fail.
-    let owner = Caller { uid: unsafe { libc::getuid() }, gid: unsafe { libc::getgid() } };
+    let owner = Caller {
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
     Volume::create(&paths.volume_dir(), bs, owner).context("creating the volume")?;
     let config = paths.config_file();
     if !config.exists() {
-        std::fs::write(&config, DEFAULT_CONFIG).with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, DEFAULT_CONFIG)
+            .with_context(|| format!("writing {}", config.display()))?;
     }
     println!("bitcloud: initialised a new volume");
     println!("  identity     {}", identity_path.display());
@@ -58,7 +69,9 @@ pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
     if pass.is_some() {
         println!("  protection   passphrase (age scrypt)");
     } else {
-        println!("  protection   NONE: the identity file is unencrypted (mode 0600). Anyone who can");
+        println!(
+            "  protection   NONE: the identity file is unencrypted (mode 0600). Anyone who can"
+        );
         println!("               read it can read the volume. Set BITCLOUD_PASSPHRASE or use");
         println!("               --passphrase-file at init to protect it.");
     }

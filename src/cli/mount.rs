@@ -28,7 +28,10 @@ pub struct MountArgs {
 pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     let identity = paths.identity_file();
     if !identity.exists() || !paths.volume_dir().join("meta.redb").exists() {
-        bail!("not initialised: no volume under {} (run `bitcloud init` first)", paths.config_dir.display());
+        bail!(
+            "not initialised: no volume under {} (run `bitcloud init` first)",
+            paths.config_dir.display()
+        );
     }
     let config = Config::load(&paths.config_file())?;
     let mut pass = super::passphrase::given(args.passphrase_file.as_deref())?;
@@ -42,6 +45,11 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     };
     run_mount(
         paths,
-        MountRequest { mountpoint: args.mountpoint, options: args.options, keys: VolumeKeys::derive(id), config },
+        MountRequest {
+            mountpoint: args.mountpoint,
+            options: args.options,
+            keys: VolumeKeys::derive(id),
+            config,
+        },
     )
 }

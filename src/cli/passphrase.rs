@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 /// The passphrase from a file or the environment, if one was given.
 pub fn given(file: Option<&Path>) -> Result<Option<SecretString>> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading passphrase file {}", f.display()))?;
         let line = text.lines().next().unwrap_or("").to_string();
         if line.is_empty() {
             bail!("passphrase file {} is empty", f.display());
@@ -46,5 +47,7 @@ pub fn prompt(question: &str) -> Result<Option<SecretString>> {
     }
     eprintln!();
     read?;
-    Ok(Some(SecretString::from(line.trim_end_matches(['\n', '\r']).to_string())))
+    Ok(Some(SecretString::from(
+        line.trim_end_matches(['\n', '\r']).to_string(),
+    )))
 }

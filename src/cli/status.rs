@@ -19,7 +19,10 @@ pub struct StatusArgs {
 fn report(paths: &Paths) -> Result<StatusReport> {
     let db = paths.volume_dir().join("meta.redb");
     if !db.exists() {
-        bail!("not initialised: no volume under {} (run `bitcloud init` first)", paths.config_dir.display());
+        bail!(
+            "not initialised: no volume under {} (run `bitcloud init` first)",
+            paths.config_dir.display()
+        );
     }
     if VolumeLock::is_held(&paths.lock_file()) {
         let line = control::request(&paths.control_socket(), "status")
@@ -33,7 +36,10 @@ fn report(paths: &Paths) -> Result<StatusReport> {
     }
     let meta = MetaStore::open(&db).context("opening the metadata database")?;
     let counts = meta.read()?.counts()?;
-    Ok(StatusReport::from_counts(&counts, meta.superblock()?.block_size as u64))
+    Ok(StatusReport::from_counts(
+        &counts,
+        meta.superblock()?.block_size as u64,
+    ))
 }
 
 pub fn run(paths: &Paths, args: StatusArgs) -> Result<()> {
@@ -43,7 +49,10 @@ pub fn run(paths: &Paths, args: StatusArgs) -> Result<()> {
     } else {
         // SAFETY: isatty only inspects the descriptor.
         let tty = unsafe { libc::isatty(1) } == 1;
-        print!("{}", r.render(tty && std::env::var_os("NO_COLOR").is_none()));
+        print!(
+            "{}",
+            r.render(tty && std::env::var_os("NO_COLOR").is_none())
+        );
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::config::Paths;
-use crate::daemon::{SUBTYPE, VolumeLock, mountpoint};
+use crate::daemon::{VolumeLock, mountpoint};
 
 #[derive(Debug, Args)]
 pub struct UmountArgs {
@@ -23,24 +23,37 @@ pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
     let path = &args.mountpoint;
     if mountpoint::is_stale(path) {
         mountpoint::detach(path)?;
-        println!("bitcloud: detached the dead mount at {} (its process had died)", path.display());
+        println!(
+            "bitcloud: detached the dead mount at {} (its process had died)",
+            path.display()
+        );
         return Ok(());
     }
     let canonical = std::fs::canonicalize(path)
         .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", path.display()))?;
     match mountpoint::mount_at(&canonical) {
-        Some(m) if m.fstype == format!("fuse.{SUBTYPE}") => {}
-        Some(m) => bail!("{} is not a bitcloud mount (it is {})", canonical.display(), m.fstype),
+        Some(m) if m.is_bitcloud() => {}
+        Some(m) => bail!(
+            "{} is not a bitcloud mount (it is {})",
+            canonical.display(),
+            m.fstype
+        ),
         None => bail!("{} is not mounted", canonical.display()),
     }
     if let Err(e) = mountpoint::unmount(&canonical) {
-        bail!("cannot unmount {}: {e} (close the files open there, then try again)", canonical.display());
+        bail!(
+            "cannot unmount {}: {e} (close the files open there, then try again)",
+            canonical.display()
+        );
     }
     let lock = paths.lock_file();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     while VolumeLock::is_held(&lock) {
         if Instant::now() > deadline {
-            bail!("unmounted, but the mount process is still flushing after {} s", args.timeout);
+            bail!(
+                "unmounted, but the mount process is still flushing after {} s",
+                args.timeout
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

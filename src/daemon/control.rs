@@ -34,7 +34,10 @@ impl ControlServer {
             if UnixStream::connect(&self.path).is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
-                    format!("{} is served by another running bitcloud", self.path.display()),
+                    format!(
+                        "{} is served by another running bitcloud",
+                        self.path.display()
+                    ),
                 ));
             }
             std::fs::remove_file(&self.path)?;
@@ -70,7 +73,9 @@ impl ControlServer {
                 (self.on_umount)();
                 serde_json::json!({ "ok": true }).to_string()
             }
-            other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+            other => {
+                serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
+            }
         };
         let mut w = &stream;
         w.write_all(reply.as_bytes())?;

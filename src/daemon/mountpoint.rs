@@ -18,7 +18,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -30,6 +33,14 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+impl MountEntry {
+    /// Whether this is a bitcloud mount. As root, fuser mounts with mount(2) and the type
+    /// shows as plain `fuse`; through fusermount3 it is `fuse.bitcloud`. The source is ours.
+    pub fn is_bitcloud(&self) -> bool {
+        self.fstype == "fuse.bitcloud" || (self.fstype == "fuse" && self.source == "bitcloud")
+    }
+}
+
 /// Every current mount.
 pub fn mounts() -> Vec<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -39,24 +50,43 @@ pub fn mounts() -> Vec<MountEntry> {
             let source = unescape(f.next()?);
             let target = PathBuf::from(unescape(f.next()?));
             let fstype = f.next()?.to_string();
-            Some(MountEntry { source, target, fstype })
+            Some(MountEntry {
+                source,
+                target,
+                fstype,
+            })
         })
         .collect()
 }
 
 /// The mount at exactly `path`, if any (the last one wins, as the kernel shows it).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mounts().into_iter().filter(|m| m.target == path).last()
+    mounts().into_iter().rfind(|m| m.target == path)
 }
 
-/// Whether `path` is a FUSE mount whose server is gone.
+/// Whether `path` is a FUSE mount whose server is gone. `stat` alone can be answered from
+/// the kernel's attribute cache, so this also asks for `statfs`, which always reaches the
+/// server (and fails with ENOTCONN when it is dead).
 pub fn is_stale(path: &Path) -> bool {
-    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    if matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)) {
+        return true;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 /// Detaches a dead mount at `path` (lazy unmount).
 pub fn detach(path: &Path) -> std::io::Result<()> {
-    let status = Command::new("fusermount3").arg("-u").arg("-z").arg(path).status();
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status();
     match status {
         Ok(s) if s.success() => Ok(()),
         _ => {
@@ -74,12 +104,26 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
 
 /// Unmounts `path` (not lazily): fails with EBUSY while files are open.
 pub fn unmount(path: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error());
+    }
     let out = Command::new("fusermount3").arg("-u").arg(path).output()?;
     if out.status.success() {
         return Ok(());
     }
     let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(std::io::Error::other(if msg.is_empty() { "fusermount3 -u failed".to_string() } else { msg }))
+    Err(std::io::Error::other(if msg.is_empty() {
+        "fusermount3 -u failed".to_string()
+    } else {
+        msg
+    }))
 }
 
 #[cfg(test)]

@@ -62,17 +62,26 @@ impl StatusReport {
             stored_bytes: c.block_sealed_bytes,
             dedup_saved_bytes: c.referenced_plain_bytes.saturating_sub(c.block_plain_bytes),
             sparse_saved_bytes: c.logical_bytes.saturating_sub(c.referenced_plain_bytes),
-            blocks: BlockStates { local_only: c.blocks, awaiting_gc: c.gc_pending },
+            blocks: BlockStates {
+                local_only: c.blocks,
+                awaiting_gc: c.gc_pending,
+            },
             redundancy: "local only: no peers configured (single-node mode)".into(),
         }
     }
 
     /// The human-readable form; `color` adds ANSI colours (only on a terminal).
     pub fn render(&self, color: bool) -> String {
-        let (bold, green, dim, reset) =
-            if color { ("\x1b[1m", "\x1b[32m", "\x1b[2m", "\x1b[0m") } else { ("", "", "", "") };
+        let (bold, green, dim, reset) = if color {
+            ("\x1b[1m", "\x1b[32m", "\x1b[2m", "\x1b[0m")
+        } else {
+            ("", "", "", "")
+        };
         let state = match (&self.mounted, &self.mountpoint) {
-            (true, Some(m)) => format!("{green}mounted{reset} at {m} (pid {})", self.pid.unwrap_or(0)),
+            (true, Some(m)) => format!(
+                "{green}mounted{reset} at {m} (pid {})",
+                self.pid.unwrap_or(0)
+            ),
             _ => "not mounted".to_string(),
         };
         let mut s = String::new();
@@ -111,7 +120,11 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]

@@ -58,13 +58,22 @@ impl Timestamp {
 
     pub fn from_system(t: std::time::SystemTime) -> Timestamp {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
+                    Timestamp {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
                 } else {
-                    Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
+                    Timestamp {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
                 }
             }
         }
@@ -133,7 +142,10 @@ impl Cursor<'_> {
         u64::from_le_bytes(self.take())
     }
     fn ts(&mut self) -> Timestamp {
-        Timestamp { secs: i64::from_le_bytes(self.take()), nanos: self.u32() }
+        Timestamp {
+            secs: i64::from_le_bytes(self.take()),
+            nanos: self.u32(),
+        }
     }
 }
 
@@ -158,7 +170,10 @@ impl Inode {
 
     pub fn decode(b: &[u8]) -> Result<Inode, DecodeError> {
         let version = b.first().copied().unwrap_or(0);
-        let err = DecodeError { what: "inode", version };
+        let err = DecodeError {
+            what: "inode",
+            version,
+        };
         if version != INODE_V1 || b.len() != INODE_V1_LEN {
             return Err(err);
         }
@@ -204,14 +219,21 @@ impl Dirent {
 
     pub fn decode(b: &[u8]) -> Result<Dirent, DecodeError> {
         let version = b.first().copied().unwrap_or(0);
-        let err = DecodeError { what: "directory entry", version };
+        let err = DecodeError {
+            what: "directory entry",
+            version,
+        };
         if version != DIRENT_V1 || b.len() < 10 {
             return Err(err);
         }
         let mut c = Cursor { b: &b[1..] };
         let child = InodeNo(c.u64());
         let kind = Kind::from_u8(c.u8()).ok_or(err)?;
-        Ok(Dirent { child, kind, sealed_name: b[10..].to_vec() })
+        Ok(Dirent {
+            child,
+            kind,
+            sealed_name: b[10..].to_vec(),
+        })
     }
 }
 
@@ -239,10 +261,17 @@ impl BlockRecord {
     pub fn decode(b: &[u8]) -> Result<BlockRecord, DecodeError> {
         let version = b.first().copied().unwrap_or(0);
         if version != BLOCK_V1 || b.len() != 17 {
-            return Err(DecodeError { what: "block record", version });
+            return Err(DecodeError {
+                what: "block record",
+                version,
+            });
         }
         let mut c = Cursor { b: &b[1..] };
-        Ok(BlockRecord { refcount: c.u64(), plain_len: c.u32(), sealed_len: c.u32() })
+        Ok(BlockRecord {
+            refcount: c.u64(),
+            plain_len: c.u32(),
+            sealed_len: c.u32(),
+        })
     }
 }
 
@@ -285,7 +314,10 @@ pub fn encode_sealed(tag: &Tag, ct: &[u8]) -> Vec<u8> {
 /// Splits a value written by [`encode_sealed`].
 pub fn decode_sealed(v: &[u8]) -> Result<(Tag, &[u8]), DecodeError> {
     if v.len() < TAG_LEN {
-        return Err(DecodeError { what: "sealed string", version: 0 });
+        return Err(DecodeError {
+            what: "sealed string",
+            version: 0,
+        });
     }
     let mut t = [0u8; TAG_LEN];
     t.copy_from_slice(&v[..TAG_LEN]);
@@ -296,7 +328,10 @@ pub fn decode_sealed(v: &[u8]) -> Result<(Tag, &[u8]), DecodeError> {
 pub fn block_id_of(v: &[u8]) -> Result<BlockId, DecodeError> {
     <[u8; 32]>::try_from(v)
         .map(BlockId)
-        .map_err(|_| DecodeError { what: "block id", version: 0 })
+        .map_err(|_| DecodeError {
+            what: "block id",
+            version: 0,
+        })
 }
 
 #[cfg(test)]
@@ -313,7 +348,10 @@ mod tests {
             nlink: 3,
             size: 5 << 32,
             rdev: 7,
-            atime: Timestamp { secs: -5, nanos: 999_999_999 },
+            atime: Timestamp {
+                secs: -5,
+                nanos: 999_999_999,
+            },
             mtime: Timestamp { secs: 1, nanos: 2 },
             ctime: Timestamp { secs: 3, nanos: 4 },
             crtime: Timestamp { secs: 5, nanos: 6 },
@@ -329,16 +367,31 @@ mod tests {
 
     #[test]
     fn timestamps_before_epoch_round_trip() {
-        for t in [Timestamp { secs: -1, nanos: 5 }, Timestamp { secs: -100, nanos: 0 }, Timestamp { secs: 7, nanos: 1 }] {
+        for t in [
+            Timestamp { secs: -1, nanos: 5 },
+            Timestamp {
+                secs: -100,
+                nanos: 0,
+            },
+            Timestamp { secs: 7, nanos: 1 },
+        ] {
             assert_eq!(Timestamp::from_system(t.to_system()), t);
         }
     }
 
     #[test]
     fn dirent_and_block_round_trip() {
-        let d = Dirent { child: InodeNo(42), kind: Kind::Dir, sealed_name: b"xyz".to_vec() };
+        let d = Dirent {
+            child: InodeNo(42),
+            kind: Kind::Dir,
+            sealed_name: b"xyz".to_vec(),
+        };
         assert_eq!(Dirent::decode(&d.encode()).unwrap(), d);
-        let r = BlockRecord { refcount: 2, plain_len: 4096, sealed_len: 4300 };
+        let r = BlockRecord {
+            refcount: 2,
+            plain_len: 4096,
+            sealed_len: 4300,
+        };
         assert_eq!(BlockRecord::decode(&r.encode()).unwrap(), r);
     }
 }

@@ -51,7 +51,8 @@ pub fn encode(scheme: Scheme, sealed: &[u8]) -> Result<Vec<Vec<u8>>, OpenError> 
             shard
         })
         .collect();
-    rs.encode(&mut shards).map_err(|e| OpenError::Erasure(format!("{e:?}")))?;
+    rs.encode(&mut shards)
+        .map_err(|e| OpenError::Erasure(format!("{e:?}")))?;
     Ok(shards)
 }
 
@@ -66,7 +67,9 @@ pub fn decode(
     sealed_len: usize,
 ) -> Result<Vec<u8>, OpenError> {
     if ids.len() != scheme.total() || shards.len() != scheme.total() {
-        return Err(OpenError::Erasure("wrong number of shards for the scheme".into()));
+        return Err(OpenError::Erasure(
+            "wrong number of shards for the scheme".into(),
+        ));
     }
     let len = scheme.shard_len(sealed_len);
     let mut checked: Vec<Option<Vec<u8>>> = shards
@@ -76,11 +79,15 @@ pub fn decode(
         .collect();
     let have = checked.iter().filter(|s| s.is_some()).count();
     if have < scheme.data {
-        return Err(OpenError::NotEnoughShards { have, need: scheme.data });
+        return Err(OpenError::NotEnoughShards {
+            have,
+            need: scheme.data,
+        });
     }
     let rs = ReedSolomon::new(scheme.data, scheme.parity)
         .map_err(|e| OpenError::Erasure(format!("{e:?}")))?;
-    rs.reconstruct_data(&mut checked).map_err(|e| OpenError::Erasure(format!("{e:?}")))?;
+    rs.reconstruct_data(&mut checked)
+        .map_err(|e| OpenError::Erasure(format!("{e:?}")))?;
     let mut sealed = Vec::with_capacity(len * scheme.data);
     for shard in checked.into_iter().take(scheme.data) {
         sealed.extend_from_slice(&shard.expect("reconstruct_data fills every data shard"));
@@ -114,7 +121,13 @@ mod tests {
     #[test]
     fn boundary_sizes_round_trip() {
         // 1 byte; a shard edge -1, exact, +1; several shards with a ragged tail.
-        for len in [1usize, 4 * 1000 - 1, 4 * 1000, 4 * 1000 + 1, 1_048_576 + 333] {
+        for len in [
+            1usize,
+            4 * 1000 - 1,
+            4 * 1000,
+            4 * 1000 + 1,
+            1_048_576 + 333,
+        ] {
             let sealed: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let shards = encode(SCHEME, &sealed).unwrap();
             assert_eq!(shards.len(), 6);

@@ -19,7 +19,8 @@ pub fn open(
     expected: BlockId,
     sealed: &[u8],
 ) -> Result<Vec<u8>, OpenError> {
-    let plaintext = age::decrypt(identity, sealed).map_err(|e| OpenError::Decrypt(e.to_string()))?;
+    let plaintext =
+        age::decrypt(identity, sealed).map_err(|e| OpenError::Decrypt(e.to_string()))?;
     if block_id(dedup_key, &plaintext) != expected {
         return Err(OpenError::BlockIdMismatch(expected));
     }
@@ -33,14 +34,14 @@ mod tests {
     /// Sizes where block handling changes: empty, one byte, around age's 64 KiB chunk, and
     /// around the default block size.
     const INTERESTING_SIZES: &[usize] = &[
-        0,             // empty block: still a valid age file
-        1,             // smallest non-empty
-        65_535,        // one byte short of an age STREAM chunk
-        65_536,        // exactly one chunk
-        65_537,        // spills into a second chunk
-        1024 * 1024 - 1, // default block size - 1
-        1024 * 1024,     // default block size
-        1024 * 1024 + 1, // block size + 1 (never produced by the volume, still must work)
+        0,                    // empty block: still a valid age file
+        1,                    // smallest non-empty
+        65_535,               // one byte short of an age STREAM chunk
+        65_536,               // exactly one chunk
+        65_537,               // spills into a second chunk
+        1024 * 1024 - 1,      // default block size - 1
+        1024 * 1024,          // default block size
+        1024 * 1024 + 1,      // block size + 1 (never produced by the volume, still must work)
         3 * 1024 * 1024 + 17, // several chunks, odd tail
     ];
 
@@ -63,7 +64,11 @@ mod tests {
                     "plaintext visible in sealed block of {len} bytes"
                 );
             }
-            assert_eq!(open(&identity, &key, id, &sealed).unwrap(), plain, "len {len}");
+            assert_eq!(
+                open(&identity, &key, id, &sealed).unwrap(),
+                plain,
+                "len {len}"
+            );
         }
     }
 
@@ -77,7 +82,10 @@ mod tests {
         for pos in [0, 10, sealed.len() / 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[pos] ^= 0x40;
-            assert!(open(&identity, &key, id, &bad).is_err(), "flip at {pos} not caught");
+            assert!(
+                open(&identity, &key, id, &bad).is_err(),
+                "flip at {pos} not caught"
+            );
         }
         let truncated = &sealed[..sealed.len() - 1];
         assert!(open(&identity, &key, id, truncated).is_err());
@@ -102,6 +110,9 @@ mod tests {
         let key = DedupKey([7; 32]);
         let sealed = seal(&owner.to_public(), b"secret").unwrap();
         let id = block_id(&key, b"secret");
-        assert!(matches!(open(&thief, &key, id, &sealed), Err(OpenError::Decrypt(_))));
+        assert!(matches!(
+            open(&thief, &key, id, &sealed),
+            Err(OpenError::Decrypt(_))
+        ));
     }
 }

@@ -16,7 +16,10 @@ pub(super) struct BlockCache {
 
 impl BlockCache {
     pub(super) fn new(capacity: usize) -> BlockCache {
-        BlockCache { capacity, entries: Mutex::new(VecDeque::with_capacity(capacity)) }
+        BlockCache {
+            capacity,
+            entries: Mutex::new(VecDeque::with_capacity(capacity)),
+        }
     }
 
     pub(super) fn get(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {

@@ -39,7 +39,12 @@ pub enum VolumeError {
     #[error("bad file handle")]
     BadHandle,
     #[error("inode {ino} block {index} ({block:?}) is unreadable: {why}")]
-    Corrupt { ino: InodeNo, index: u64, block: BlockId, why: String },
+    Corrupt {
+        ino: InodeNo,
+        index: u64,
+        block: BlockId,
+        why: String,
+    },
     #[error("metadata: {0}")]
     Meta(MetaError),
     #[error("block store: {0}")]

@@ -149,7 +149,10 @@ impl Volume {
 
     /// Whether `ino` has open handles.
     pub(super) fn is_open(&self, ino: InodeNo) -> bool {
-        self.files.lock().get(&ino).is_some_and(|f| f.opens.load(Ordering::SeqCst) > 0)
+        self.files
+            .lock()
+            .get(&ino)
+            .is_some_and(|f| f.opens.load(Ordering::SeqCst) > 0)
     }
 
     /// Opens a regular file; returns a handle number.
@@ -171,7 +174,11 @@ impl Volume {
 
     /// Closes a handle. The last close of an inode flushes it, and deletes it if unlinked.
     pub fn release(&self, fh: u64) -> Result<()> {
-        let ino = self.handles.lock().remove(&fh).ok_or(VolumeError::BadHandle)?;
+        let ino = self
+            .handles
+            .lock()
+            .remove(&fh)
+            .ok_or(VolumeError::BadHandle)?;
         let Some(file) = self.files.lock().get(&ino).cloned() else {
             return Ok(());
         };
@@ -227,8 +234,12 @@ impl Volume {
             }
             let first = offset / bs;
             let last = (end - 1) / bs;
-            let mapped: BTreeMap<u64, BlockId> =
-                self.meta.read()?.blocks_in(ino, first, last + 1)?.into_iter().collect();
+            let mapped: BTreeMap<u64, BlockId> = self
+                .meta
+                .read()?
+                .blocks_in(ino, first, last + 1)?
+                .into_iter()
+                .collect();
             let sources: Vec<(u64, Source)> = (first..=last)
                 .map(|i| {
                     let s = match (st.dirty.get(&i), mapped.get(&i)) {
@@ -264,7 +275,12 @@ impl Volume {
         if let Some(hit) = self.cache.get(&id) {
             return Ok(hit);
         }
-        let corrupt = |why: String| VolumeError::Corrupt { ino, index, block: id, why };
+        let corrupt = |why: String| VolumeError::Corrupt {
+            ino,
+            index,
+            block: id,
+            why,
+        };
         let sealed = self.store.get(&id).map_err(|e| corrupt(e.to_string()))?;
         let plain = seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
             .map_err(|e| corrupt(e.to_string()))?;
@@ -286,7 +302,9 @@ impl Volume {
 
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, ino: InodeNo, offset: u64, data: &[u8]) -> Result<usize> {
-        let end = offset.checked_add(data.len() as u64).ok_or(VolumeError::FileTooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(VolumeError::FileTooBig)?;
         if end > super::MAX_FILE_SIZE {
             return Err(VolumeError::FileTooBig);
         }
@@ -314,7 +332,14 @@ impl Volume {
                         self.current_block(ino, &st, index)?
                     };
                     let seq = st.bump();
-                    st.dirty.insert(index, Dirty { data: Arc::new(base), seq, queued: false });
+                    st.dirty.insert(
+                        index,
+                        Dirty {
+                            data: Arc::new(base),
+                            seq,
+                            queued: false,
+                        },
+                    );
                 }
                 let seq = st.bump();
                 let d = st.dirty.get_mut(&index).expect("inserted above");
@@ -326,7 +351,8 @@ impl Volume {
                 if buf.len() < within + take {
                     buf.resize(within + take, 0);
                 }
-                buf[within..within + take].copy_from_slice(&data[(pos - offset) as usize..][..take]);
+                buf[within..within + take]
+                    .copy_from_slice(&data[(pos - offset) as usize..][..take]);
                 if within + take == bs as usize {
                     d.queued = true;
                     jobs.push((index, d.seq, d.data.clone()));
@@ -341,7 +367,12 @@ impl Volume {
             st.attr_dirty = true;
         }
         for (index, seq, data) in jobs {
-            let job = SealJob { file: file.clone(), index, seq, data };
+            let job = SealJob {
+                file: file.clone(),
+                index,
+                seq,
+                data,
+            };
             if let Err(job) = self.sealer.submit(job) {
                 let r = self.seal_block(&job.data);
                 self.finish_seal(job, r);
@@ -363,7 +394,12 @@ impl Volume {
             st.in_flight += extra.len();
             drop(st);
             for (index, seq, data) in extra {
-                let job = SealJob { file: file.clone(), index, seq, data };
+                let job = SealJob {
+                    file: file.clone(),
+                    index,
+                    seq,
+                    data,
+                };
                 if let Err(job) = self.sealer.submit(job) {
                     let r = self.seal_block(&job.data);
                     self.finish_seal(job, r);
@@ -393,7 +429,14 @@ impl Volume {
                 sealed.len() as u32
             }
         };
-        Ok(Some((id, BlockRecord { refcount: 0, plain_len: plain.len() as u32, sealed_len })))
+        Ok(Some((
+            id,
+            BlockRecord {
+                refcount: 0,
+                plain_len: plain.len() as u32,
+                sealed_len,
+            },
+        )))
     }
 
     /// Commits a finished seal if its block is still current (see module doc).
@@ -401,9 +444,13 @@ impl Volume {
         let file = job.file;
         let mut st = file.lock();
         st.in_flight -= 1;
-        let current = st.dirty.get(&job.index).is_some_and(|d| d.seq == job.seq && d.queued);
+        let current = st
+            .dirty
+            .get(&job.index)
+            .is_some_and(|d| d.seq == job.seq && d.queued);
         if current {
-            let outcome = result.and_then(|block| self.commit_block(file.ino, job.index, block, &st));
+            let outcome =
+                result.and_then(|block| self.commit_block(file.ino, job.index, block, &st));
             match outcome {
                 Ok(()) => {
                     st.dirty.remove(&job.index);
@@ -462,7 +509,12 @@ impl Volume {
                 .filter(|(_, d)| !d.queued)
                 .map(|(i, d)| {
                     d.queued = true;
-                    SealJob { file: file.clone(), index: *i, seq: d.seq, data: d.data.clone() }
+                    SealJob {
+                        file: file.clone(),
+                        index: *i,
+                        seq: d.seq,
+                        data: d.data.clone(),
+                    }
                 })
                 .collect();
             st.in_flight += jobs.len();
@@ -493,7 +545,11 @@ impl Volume {
             drop(st);
             let single = jobs.len() == 1;
             for job in jobs {
-                let job = if single { Err(job) } else { self.sealer.submit(job) };
+                let job = if single {
+                    Err(job)
+                } else {
+                    self.sealer.submit(job)
+                };
                 if let Err(job) = job {
                     let r = self.seal_block(&job.data);
                     self.finish_seal(job, r);
@@ -526,7 +582,7 @@ impl Volume {
         let mut st = file.lock();
         let now = Timestamp::now();
         let keep_blocks = new_size.div_ceil(bs);
-        let edge = (new_size % bs != 0).then_some(new_size / bs);
+        let edge = (!new_size.is_multiple_of(bs)).then_some(new_size / bs);
         let mut edge_block = None;
         if new_size < st.size {
             if let Some(index) = edge {
@@ -563,7 +619,9 @@ impl Volume {
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0 || (punch && !keep_size) {
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0
+            || (punch && !keep_size)
+        {
             return Err(VolumeError::NotSupported("fallocate mode"));
         }
         let file = self.file(ino)?;

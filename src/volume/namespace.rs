@@ -24,6 +24,30 @@ pub enum RenameMode {
     Exchange,
 }
 
+/// What to create with [`Volume::create_node`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewNode<'a> {
+    pub kind: Kind,
+    /// Permission bits (the kernel has applied the umask).
+    pub mode: u32,
+    /// Device number, for device nodes.
+    pub rdev: u32,
+    /// A symlink's target.
+    pub target: Option<&'a [u8]>,
+}
+
+impl NewNode<'_> {
+    /// A node of `kind` with `mode` and nothing else.
+    pub fn of(kind: Kind, mode: u32) -> NewNode<'static> {
+        NewNode {
+            kind,
+            mode,
+            rdev: 0,
+            target: None,
+        }
+    }
+}
+
 /// One directory entry returned by [`Volume::readdir`].
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -50,15 +74,18 @@ struct Work {
 
 impl Work {
     fn new() -> Work {
-        Work { inodes: HashMap::new() }
+        Work {
+            inodes: HashMap::new(),
+        }
     }
 
     fn get(&mut self, tx: &WriteTx, ino: InodeNo) -> Result<&mut Inode> {
-        if !self.inodes.contains_key(&ino) {
-            let inode = tx.inode(ino)?.ok_or(VolumeError::NotFound)?;
-            self.inodes.insert(ino, inode);
-        }
-        Ok(self.inodes.get_mut(&ino).expect("inserted above"))
+        Ok(match self.inodes.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(tx.inode(ino)?.ok_or(VolumeError::NotFound)?)
+            }
+        })
     }
 
     fn dir(&mut self, tx: &WriteTx, ino: InodeNo) -> Result<&mut Inode> {
@@ -75,9 +102,22 @@ impl Volume {
         self.names.tag(Domain::DirEntry, parent.0, name)
     }
 
-    fn sealed_dirent(&self, parent: InodeNo, name: &[u8], child: InodeNo, kind: Kind) -> (Tag, Dirent) {
+    fn sealed_dirent(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        child: InodeNo,
+        kind: Kind,
+    ) -> (Tag, Dirent) {
         let (tag, ct) = self.names.seal(Domain::DirEntry, parent.0, name);
-        (tag, Dirent { child, kind, sealed_name: ct })
+        (
+            tag,
+            Dirent {
+                child,
+                kind,
+                sealed_name: ct,
+            },
+        )
     }
 
     /// Finds `name` in directory `parent`.
@@ -94,7 +134,9 @@ impl Volume {
                 if name.len() > super::NAME_MAX {
                     return Err(VolumeError::NameTooLong);
                 }
-                tx.dirent(parent, &self.dirent_tag(parent, name))?.ok_or(VolumeError::NotFound)?.child
+                tx.dirent(parent, &self.dirent_tag(parent, name))?
+                    .ok_or(VolumeError::NotFound)?
+                    .child
             }
         };
         let inode = self.load_inode(&tx, child)?;
@@ -106,17 +148,24 @@ impl Volume {
         &self,
         parent: InodeNo,
         name: &[u8],
-        kind: Kind,
-        mode: u32,
-        rdev: u32,
+        node: NewNode<'_>,
         caller: Caller,
-        target: Option<&[u8]>,
     ) -> Result<Attr> {
+        let NewNode {
+            kind,
+            mode,
+            rdev,
+            target,
+        } = node;
         check_name(name)?;
         if let Some(t) = target
             && (t.len() > super::SYMLINK_MAX || t.is_empty())
         {
-            return Err(if t.is_empty() { VolumeError::NotFound } else { VolumeError::NameTooLong });
+            return Err(if t.is_empty() {
+                VolumeError::NotFound
+            } else {
+                VolumeError::NameTooLong
+            });
         }
         let now = Timestamp::now();
         let mut tx = self.meta.write()?;
@@ -224,7 +273,13 @@ impl Volume {
     }
 
     /// Drops one link of `ino`; deletes it (or parks it as an orphan while open) at zero.
-    fn drop_link(&self, tx: &mut WriteTx, work: &mut Work, ino: InodeNo, now: Timestamp) -> Result<()> {
+    fn drop_link(
+        &self,
+        tx: &mut WriteTx,
+        work: &mut Work,
+        ino: InodeNo,
+        now: Timestamp,
+    ) -> Result<()> {
         let inode = work.get(tx, ino)?;
         inode.ctime = now;
         if inode.kind == Kind::Dir {
@@ -375,7 +430,15 @@ impl Volume {
 
     /// Records that `child` moved from directory `from` to `to` (ctime, and for directories
     /// the parent pointer and both parents' link counts).
-    fn reparent(&self, tx: &WriteTx, work: &mut Work, child: InodeNo, from: InodeNo, to: InodeNo, now: Timestamp) -> Result<()> {
+    fn reparent(
+        &self,
+        tx: &WriteTx,
+        work: &mut Work,
+        child: InodeNo,
+        from: InodeNo,
+        to: InodeNo,
+        now: Timestamp,
+    ) -> Result<()> {
         let inode = work.get(tx, child)?;
         inode.ctime = now;
         if inode.kind == Kind::Dir && from != to {
@@ -403,7 +466,13 @@ impl Volume {
 
     /// Entries of directory `ino` after `cookie` (0 = from the start; "." and ".." are the
     /// caller's), at most `limit`, with attributes if `plus`.
-    pub fn readdir(&self, ino: InodeNo, cookie: u64, limit: usize, plus: bool) -> Result<Vec<DirEntry>> {
+    pub fn readdir(
+        &self,
+        ino: InodeNo,
+        cookie: u64,
+        limit: usize,
+        plus: bool,
+    ) -> Result<Vec<DirEntry>> {
         let tx = self.meta.read()?;
         let dir = self.load_inode(&tx, ino)?;
         if dir.kind != Kind::Dir {
@@ -417,13 +486,21 @@ impl Volume {
         let rows = tx.list_dir(ino, after.as_ref(), limit)?;
         let mut out = Vec::with_capacity(rows.len());
         for (tag, d) in rows {
-            let name = self.names.open(Domain::DirEntry, ino.0, &tag, &d.sealed_name)?;
+            let name = self
+                .names
+                .open(Domain::DirEntry, ino.0, &tag, &d.sealed_name)?;
             let attr = if plus {
                 Some(self.attr_of(d.child, self.load_inode(&tx, d.child)?))
             } else {
                 None
             };
-            out.push(DirEntry { cookie: cookie_of(&tag), ino: d.child, kind: d.kind, name, attr });
+            out.push(DirEntry {
+                cookie: cookie_of(&tag),
+                ino: d.child,
+                kind: d.kind,
+                name,
+                attr,
+            });
         }
         Ok(out)
     }

@@ -51,7 +51,10 @@ impl Sealer {
                     .expect("spawning a sealing thread (out of threads?)")
             })
             .collect();
-        Sealer { tx: Mutex::new(Some(tx)), workers: Mutex::new(workers) }
+        Sealer {
+            tx: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+        }
     }
 
     /// Queues a job; blocks while the queue is full. Returns the job back if stopped.

@@ -2,8 +2,12 @@
 
 use super::*;
 use crate::meta::codec::Kind;
+use crate::volume::NewNode;
 
-const ME: Caller = Caller { uid: 1000, gid: 1000 };
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
 
 fn volume(block_size: u32) -> (tempfile::TempDir, Arc<Volume>) {
     let dir = tempfile::tempdir().unwrap();
@@ -14,22 +18,45 @@ fn volume(block_size: u32) -> (tempfile::TempDir, Arc<Volume>) {
 }
 
 fn file(v: &Volume, name: &str) -> InodeNo {
-    v.create_node(InodeNo::ROOT, name.as_bytes(), Kind::File, 0o644, 0, ME, None).unwrap().ino
+    v.create_node(
+        InodeNo::ROOT,
+        name.as_bytes(),
+        NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            rdev: 0,
+            target: None,
+        },
+        ME,
+    )
+    .unwrap()
+    .ino
 }
 
 #[test]
 fn write_read_at_block_boundaries() {
     let bs = 64 * 1024;
     let (_d, v) = volume(bs as u32);
-    for (i, len) in [0usize, 1, bs - 1, bs, bs + 1, 3 * bs + 7].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, bs - 1, bs, bs + 1, 3 * bs + 7]
+        .into_iter()
+        .enumerate()
+    {
         let ino = file(&v, &format!("f{i}"));
         let fh = v.open(ino, OpenFlags { write: true }).unwrap();
         let data: Vec<u8> = (0..len).map(|j| (j % 251) as u8 + 1).collect();
         assert_eq!(v.write(ino, 0, &data).unwrap(), len);
-        assert_eq!(v.read(ino, 0, len as u32 + 10).unwrap(), data, "before flush, len {len}");
+        assert_eq!(
+            v.read(ino, 0, len as u32 + 10).unwrap(),
+            data,
+            "before flush, len {len}"
+        );
         v.release(fh).unwrap();
         assert_eq!(v.getattr(ino).unwrap().inode.size, len as u64);
-        assert_eq!(v.read(ino, 0, len as u32 + 10).unwrap(), data, "after release, len {len}");
+        assert_eq!(
+            v.read(ino, 0, len as u32 + 10).unwrap(),
+            data,
+            "after release, len {len}"
+        );
     }
 }
 
@@ -78,7 +105,10 @@ fn truncate_drops_tail_and_zero_extends() {
     let back = v.read(ino, 0, 200_000).unwrap();
     assert_eq!(back.len(), 150_000);
     assert!(back[..70_000].iter().all(|b| *b == 9));
-    assert!(back[70_000..].iter().all(|b| *b == 0), "old bytes came back after extension");
+    assert!(
+        back[70_000..].iter().all(|b| *b == 0),
+        "old bytes came back after extension"
+    );
     v.release(fh).unwrap();
     assert_eq!(v.read(ino, 0, 200_000).unwrap(), back);
 }
@@ -100,7 +130,10 @@ fn damaged_block_is_an_error_for_that_file_only() {
     sealed[n - 5] ^= 0xff;
     std::fs::write(&path, sealed).unwrap();
     v.cache.forget(&id);
-    assert!(matches!(v.read(bad, 0, 10), Err(VolumeError::Corrupt { .. })));
+    assert!(matches!(
+        v.read(bad, 0, 10),
+        Err(VolumeError::Corrupt { .. })
+    ));
     assert_eq!(v.read(good, 0, 3).unwrap(), vec![1, 1, 1]);
 }
 
@@ -111,17 +144,51 @@ fn names_are_not_stored_in_clear() {
     let keys = VolumeKeys::derive(age::x25519::Identity::generate());
     let (v, _) = Volume::load(dir.path(), keys, 1).unwrap();
     let marker = b"PLAINTEXT-MARKER-name-7f3a";
-    let ino = v.create_node(InodeNo::ROOT, marker, Kind::File, 0o644, 0, ME, None).unwrap().ino;
+    let ino = v
+        .create_node(
+            InodeNo::ROOT,
+            marker,
+            NewNode {
+                kind: Kind::File,
+                mode: 0o644,
+                rdev: 0,
+                target: None,
+            },
+            ME,
+        )
+        .unwrap()
+        .ino;
     let fh = v.open(ino, OpenFlags { write: true }).unwrap();
     v.write(ino, 0, b"PLAINTEXT-MARKER-content-7f3a").unwrap();
     v.release(fh).unwrap();
-    v.setxattr(ino, b"user.PLAINTEXT-MARKER-x", b"PLAINTEXT-MARKER-v", XattrMode::Any).unwrap();
-    v.create_node(InodeNo::ROOT, b"l", Kind::Symlink, 0o777, 0, ME, Some(b"PLAINTEXT-MARKER-target")).unwrap();
+    v.setxattr(
+        ino,
+        b"user.PLAINTEXT-MARKER-x",
+        b"PLAINTEXT-MARKER-v",
+        XattrMode::Any,
+    )
+    .unwrap();
+    v.create_node(
+        InodeNo::ROOT,
+        b"l",
+        NewNode {
+            kind: Kind::Symlink,
+            mode: 0o777,
+            rdev: 0,
+            target: Some(b"PLAINTEXT-MARKER-target"),
+        },
+        ME,
+    )
+    .unwrap();
     v.shutdown().unwrap();
     drop(v);
     for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(!bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"), "marker in clear in {}", entry.display());
+        assert!(
+            !bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"),
+            "marker in clear in {}",
+            entry.display()
+        );
     }
 }
 
@@ -142,24 +209,93 @@ fn rename_modes_and_link_counts() {
     let (_d, v) = volume(65536);
     let a = file(&v, "a");
     let b = file(&v, "b");
-    assert!(matches!(v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::NoReplace), Err(VolumeError::Exists)));
-    v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::Exchange).unwrap();
+    assert!(matches!(
+        v.rename(
+            InodeNo::ROOT,
+            b"a",
+            InodeNo::ROOT,
+            b"b",
+            RenameMode::NoReplace
+        ),
+        Err(VolumeError::Exists)
+    ));
+    v.rename(
+        InodeNo::ROOT,
+        b"a",
+        InodeNo::ROOT,
+        b"b",
+        RenameMode::Exchange,
+    )
+    .unwrap();
     assert_eq!(v.lookup(InodeNo::ROOT, b"b").unwrap().ino, a);
     assert_eq!(v.lookup(InodeNo::ROOT, b"a").unwrap().ino, b);
-    v.rename(InodeNo::ROOT, b"a", InodeNo::ROOT, b"b", RenameMode::Replace).unwrap();
+    v.rename(
+        InodeNo::ROOT,
+        b"a",
+        InodeNo::ROOT,
+        b"b",
+        RenameMode::Replace,
+    )
+    .unwrap();
     assert!(matches!(v.getattr(a), Err(VolumeError::NotFound)));
-    let d = v.create_node(InodeNo::ROOT, b"d", Kind::Dir, 0o755, 0, ME, None).unwrap().ino;
+    let d = v
+        .create_node(
+            InodeNo::ROOT,
+            b"d",
+            NewNode {
+                kind: Kind::Dir,
+                mode: 0o755,
+                rdev: 0,
+                target: None,
+            },
+            ME,
+        )
+        .unwrap()
+        .ino;
     assert_eq!(v.getattr(InodeNo::ROOT).unwrap().inode.nlink, 3);
     v.link(b, d, b"hard").unwrap();
     assert_eq!(v.getattr(b).unwrap().inode.nlink, 2);
-    let sub = v.create_node(d, b"sub", Kind::Dir, 0o755, 0, ME, None).unwrap().ino;
-    assert!(matches!(v.rename(InodeNo::ROOT, b"d", sub, b"x", RenameMode::Replace), Err(VolumeError::Invalid(_))));
-    v.rename(d, b"sub", InodeNo::ROOT, b"sub2", RenameMode::Replace).unwrap();
+    let sub = v
+        .create_node(
+            d,
+            b"sub",
+            NewNode {
+                kind: Kind::Dir,
+                mode: 0o755,
+                rdev: 0,
+                target: None,
+            },
+            ME,
+        )
+        .unwrap()
+        .ino;
+    assert!(matches!(
+        v.rename(InodeNo::ROOT, b"d", sub, b"x", RenameMode::Replace),
+        Err(VolumeError::Invalid(_))
+    ));
+    v.rename(d, b"sub", InodeNo::ROOT, b"sub2", RenameMode::Replace)
+        .unwrap();
     assert_eq!(v.getattr(d).unwrap().inode.nlink, 2);
     assert_eq!(v.getattr(InodeNo::ROOT).unwrap().inode.nlink, 4);
     assert_eq!(v.parent_of(sub).unwrap(), InodeNo::ROOT);
-    assert!(matches!(v.rmdir(InodeNo::ROOT, b"d"), Err(VolumeError::NotEmpty)));
-    assert!(matches!(v.create_node(InodeNo::ROOT, &[b'x'; 256], Kind::File, 0o644, 0, ME, None), Err(VolumeError::NameTooLong)));
+    assert!(matches!(
+        v.rmdir(InodeNo::ROOT, b"d"),
+        Err(VolumeError::NotEmpty)
+    ));
+    assert!(matches!(
+        v.create_node(
+            InodeNo::ROOT,
+            &[b'x'; 256],
+            NewNode {
+                kind: Kind::File,
+                mode: 0o644,
+                rdev: 0,
+                target: None
+            },
+            ME
+        ),
+        Err(VolumeError::NameTooLong)
+    ));
 }
 
 #[test]

@@ -37,7 +37,11 @@ fn decode(v: &[u8]) -> Result<(&[u8], [u8; TAG_LEN], &[u8])> {
     let bad = || VolumeError::Invalid("damaged xattr record");
     let n = u16::from_le_bytes(v.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
     let name = v.get(2..2 + n).ok_or_else(bad)?;
-    let tag: [u8; TAG_LEN] = v.get(2 + n..2 + n + TAG_LEN).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+    let tag: [u8; TAG_LEN] = v
+        .get(2 + n..2 + n + TAG_LEN)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
     Ok((name, tag, &v[2 + n + TAG_LEN..]))
 }
 
@@ -46,7 +50,9 @@ fn check_name(name: &[u8]) -> Result<()> {
         return Err(VolumeError::Invalid("empty xattr name"));
     }
     if name.len() > XATTR_NAME_MAX {
-        return Err(VolumeError::Range { needed: XATTR_NAME_MAX });
+        return Err(VolumeError::Range {
+            needed: XATTR_NAME_MAX,
+        });
     }
     if name.starts_with(b"system.") {
         return Err(VolumeError::NotSupported("system.* xattrs (POSIX ACLs)"));
@@ -59,7 +65,9 @@ impl Volume {
     pub fn setxattr(&self, ino: InodeNo, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
         check_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
-            return Err(VolumeError::Range { needed: XATTR_VALUE_MAX });
+            return Err(VolumeError::Range {
+                needed: XATTR_VALUE_MAX,
+            });
         }
         let mut tx = self.meta.write()?;
         let mut inode = self.load_inode(&tx, ino)?;
@@ -86,7 +94,9 @@ impl Volume {
             return Err(VolumeError::NoXattr);
         }
         if name.is_empty() || name.len() > XATTR_NAME_MAX {
-            return Err(VolumeError::Range { needed: XATTR_NAME_MAX });
+            return Err(VolumeError::Range {
+                needed: XATTR_NAME_MAX,
+            });
         }
         let tx = self.meta.read()?;
         self.load_inode(&tx, ino)?;

@@ -1,0 +1,130 @@
+//! The command line's errors and reports: every bad input names the problem and exits non-zero.
+
+use crate::harness::{Mount, bitcloud};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+
+    let o = bitcloud(&home, &["mount", m]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not initialised"), "{}", stderr(&o));
+    let o = bitcloud(&home, &["status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not initialised"), "{}", stderr(&o));
+
+    assert!(bitcloud(&home, &["init"]).status.success());
+    let o = bitcloud(&home, &["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already initialised"), "{}", stderr(&o));
+
+    let o = bitcloud(
+        &home,
+        &["mount", dir.path().join("missing").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+
+    let o = bitcloud(&home, &["mount", m, "-o", "bogus"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown mount option \"bogus\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = bitcloud(&home, &["umount", m]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not mounted"), "{}", stderr(&o));
+
+    let o = bitcloud(&home, &["init", "--block-size", "1000"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let o = bitcloud(&home, &["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn mounting_twice_is_refused() {
+    let m = Mount::new();
+    let other = tempfile::tempdir().unwrap();
+    let o = bitcloud(&m.home, &["mount", other.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("already mounted by another bitcloud process"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bitcloud(&m.home, &["mount", m.mnt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already mounted"), "{}", stderr(&o));
+}
+
+#[test]
+fn passphrase_protected_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse\n").unwrap();
+    let o = bitcloud(
+        &home,
+        &["init", "--passphrase-file", pass.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let identity = std::fs::read_to_string(home.join("identity.age")).unwrap();
+    assert!(identity.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
+    // No passphrase and no terminal: a clear error.
+    let o = bitcloud(&home, &["mount", mnt.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("passphrase-protected"),
+        "{}",
+        stderr(&o)
+    );
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "battery staple\n").unwrap();
+    let o = bitcloud(
+        &home,
+        &[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("wrong passphrase"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_reports_files_bytes_and_dedup() {
+    let mut m = Mount::new();
+    crate::harness::write_pattern(&m.path("a"), 3 << 20, 5);
+    std::fs::copy(m.path("a"), m.path("b")).unwrap();
+    let o = bitcloud(&m.home, &["status", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mounted"], true);
+    assert_eq!(v["files"], 2);
+    assert_eq!(v["logical_bytes"], 6 << 20);
+    assert_eq!(v["dedup_saved_bytes"], 3 << 20, "{v}");
+    assert!(v["stored_bytes"].as_u64().unwrap() > 3 << 20);
+    m.stop();
+    let o = bitcloud(&m.home, &["status"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("not mounted") && text.contains("2 files"),
+        "{text}"
+    );
+}

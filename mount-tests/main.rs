@@ -1,0 +1,9 @@
+//! Mount tests: the real `bitcloud` binary, a real FUSE mount in a temp dir, and real tools.
+//! Run as root with /dev/fuse and fusermount3 (scripts/setup.sh installs what is needed).
+//! Every mount is unmounted and its process killed on drop, also when a test fails.
+
+mod cli;
+mod faults;
+mod harness;
+mod posix;
+mod tools;
