@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this). Run as root on Linux with
+# /dev/fuse: it installs what it needs (scripts/setup.sh), then runs
+#   1. cargo fmt --check and cargo clippy --all-targets -D warnings
+#   2. cargo nextest: unit tests, the model-based volume test, and mount-tests/ (real FUSE
+#      mounts used with cp, tar, rsync, git, sqlite3, dd ...)
+#   3. pjdfstest (the POSIX filesystem test suite) against a real bitcloud mount
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo nextest run"
+cargo nextest run --locked --no-fail-fast
+echo "== pjdfstest"
+cargo build --locked --bin bitcloud
+BITCLOUD_SKIP_SETUP=1 BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/pjdfstest.sh
