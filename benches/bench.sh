@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# bench.sh — benchmark (not a test): bitcloud against the raw disk and a bindfs FUSE passthrough,
-# all in one run, on the same disk, interleaved, medians of BENCH_RUNS runs. Prints a markdown table.
+# bench.sh — benchmark (not a test): bitcloud against the raw disk, a bindfs FUSE passthrough and
+# gocryptfs (an encrypting FUSE filesystem), all in one run, on the same disk, interleaved, medians of
+# BENCH_RUNS runs. Prints a markdown table with the ratios bitcloud/bindfs and bitcloud/gocryptfs.
 #
-# Usage (as root; needs fio, bindfs, python3 — run scripts/setup.sh first):
+# Usage (as root; needs fio, bindfs, gocryptfs, python3 — run scripts/setup.sh first):
 #   benches/bench.sh                                           # full run (~12 min with bitcloud; depends on its speed)
 #   BENCH_SEQ_MB=64 BENCH_FILES=500 BENCH_RAND_MB=32 BENCH_RAND_SECS=2 BENCH_BIG_MB=128 benches/bench.sh
 #
@@ -11,8 +12,10 @@
 #   BITCLOUD_MOUNT_OPTS extra args for `bitcloud mount`, e.g. "-o foo"
 #   BINDFS_OPTS         extra args for bindfs (default "-o big_writes" when bindfs is linked with
 #                       libfuse 2, as Debian 12's is: without it every write is 4 KiB; else none)
+#   GOCRYPTFS_OPTS      extra args for the gocryptfs mount, e.g. "-kernel_cache" (default none)
 #   BENCH_DIR           where the temp dirs go, all on one disk (default /var/tmp)
-#   BENCH_TARGETS       subset of "raw bindfs bitcloud" (default all three)
+#   BENCH_TARGETS       subset of "raw bindfs gocryptfs bitcloud" (default all four); a missing
+#                       bindfs/gocryptfs/bitcloud is skipped with a message
 #   BENCH_RUNS          runs per measurement, median reported (default 3)
 #   BENCH_SEQ_MB        sequential write/read file size, MiB (default 1024)
 #   BENCH_FILES         number of 4 KiB files for create/stat/delete (default 10000)
@@ -34,12 +37,17 @@
 #                cache where the fs lets it keep pages, as bindfs does; else each read is a FUSE request),
 #                then write (ends with an fsync, included)
 #   peak memory  a fresh mount, write BENCH_BIG_MB (fio, fsync at end), then VmHWM of the mount process
-# Each run goes through the targets in turn (raw, bindfs, bitcloud) so drift hits all of them alike.
+#   gocryptfs    a fresh CIPHERDIR under the bench dir, `-init` with default crypto (AES-256-GCM,
+#                encrypted names) but `-scryptn 10`: the password KDF runs at every (re)mount and at
+#                the default logN 16 it allocates 64 MiB, which would dominate the peak-RSS row;
+#                mounted with -fg, so the process we start is the daemon whose VmHWM is read
+# Each run goes through the targets in turn (raw, bindfs, gocryptfs, bitcloud) so drift hits all of
+# them alike.
 set -euo pipefail
 
 BITCLOUD_BIN=${BITCLOUD_BIN:-/work/main/target/release/bitcloud}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
-BENCH_TARGETS=${BENCH_TARGETS:-raw bindfs bitcloud}
+BENCH_TARGETS=${BENCH_TARGETS:-raw bindfs gocryptfs bitcloud}
 RUNS=${BENCH_RUNS:-3}
 SEQ_MB=${BENCH_SEQ_MB:-1024}
 NFILES=${BENCH_FILES:-10000}
@@ -67,7 +75,10 @@ for t in $BENCH_TARGETS; do
         raw) TARGETS+=(raw) ;;
         bindfs)
             if command -v bindfs >/dev/null; then TARGETS+=(bindfs)
-            else SKIP_NOTE+=("bindfs: not installed (run scripts/setup.sh)"); fi ;;
+            else SKIP_NOTE+=("bindfs: not installed (run scripts/setup.sh) — column skipped"); fi ;;
+        gocryptfs)
+            if command -v gocryptfs >/dev/null; then TARGETS+=(gocryptfs)
+            else SKIP_NOTE+=("gocryptfs: not installed (run scripts/setup.sh) — column skipped"); fi ;;
         bitcloud)
             if [[ -x $BITCLOUD_BIN ]]; then TARGETS+=(bitcloud)
             else SKIP_NOTE+=("bitcloud: binary not found at $BITCLOUD_BIN (build it or set BITCLOUD_BIN) — column skipped"); fi ;;
@@ -89,7 +100,7 @@ BASE=""
 CHILD_PID=""               # the measurement currently running (fio / python)
 declare -A FS_PID=()       # target -> PID of the FUSE daemon we started
 declare -A MNT=()          # target -> mountpoint
-declare -A SRC=()          # target -> bindfs source dir / bitcloud home
+declare -A SRC=()          # target -> bindfs source dir / gocryptfs CIPHERDIR / bitcloud home
 declare -A DIR=()          # target -> directory the measurements run in
 
 mount_fstype() {
@@ -160,8 +171,9 @@ run() {
 BASE=$(mktemp -d "$BENCH_DIR/bitcloud-bench.XXXXXX")
 chmod 0755 "$BASE"
 
-# free space: the biggest file plus the FUSE targets' copies must fit
-need_mb=$(( (BIG_MB > SEQ_MB ? BIG_MB : SEQ_MB) * 3 + 1024 ))
+# free space: the biggest file plus the FUSE targets' copies must fit (all targets hold a seq file at once)
+copies=$(( ${#TARGETS[@]} > 3 ? ${#TARGETS[@]} : 3 ))
+need_mb=$(( (BIG_MB > SEQ_MB ? BIG_MB : SEQ_MB) * copies + 1024 ))
 avail_mb=$(( $(df -Pk "$BASE" | awk 'NR == 2 { print $4 }') / 1024 ))
 ((avail_mb >= need_mb)) || die "not enough space under $BENCH_DIR: ${avail_mb} MiB free, want ~${need_mb} MiB"
 
@@ -173,6 +185,11 @@ start_fs() {
             # shellcheck disable=SC2086  # options are word-split on purpose
             bindfs -f $BINDFS_OPTS "${SRC[$t]}" "${MNT[$t]}" >>"$BASE/$t.log" 2>&1 &
             want='^fuse' ;;
+        gocryptfs)
+            # shellcheck disable=SC2086
+            gocryptfs -fg -q -passfile "$BASE/gocryptfs.pw" ${GOCRYPTFS_OPTS:-} "${SRC[$t]}" "${MNT[$t]}" \
+                >>"$BASE/$t.log" 2>&1 &
+            want='^fuse(\.gocryptfs)?$' ;;
         bitcloud)
             # shellcheck disable=SC2086
             "$BITCLOUD_BIN" --home "${SRC[$t]}" mount "${MNT[$t]}" ${BITCLOUD_MOUNT_OPTS:-} >>"$BASE/$t.log" 2>&1 &
@@ -216,6 +233,12 @@ for t in "${TARGETS[@]}"; do
             DIR[$t]="$BASE/raw"; mkdir "${DIR[$t]}" ;;
         bindfs)
             SRC[$t]="$BASE/bindfs-src"; MNT[$t]="$BASE/bindfs-mnt"; mkdir "${SRC[$t]}" "${MNT[$t]}"
+            start_fs "$t"; DIR[$t]="${MNT[$t]}" ;;
+        gocryptfs)
+            SRC[$t]="$BASE/gocryptfs-cipher"; MNT[$t]="$BASE/gocryptfs-mnt"; mkdir -m 0700 "${SRC[$t]}"; mkdir "${MNT[$t]}"
+            (umask 077; echo "bitcloud-bench" >"$BASE/gocryptfs.pw")
+            gocryptfs -init -q -scryptn 10 -passfile "$BASE/gocryptfs.pw" "${SRC[$t]}" >>"$BASE/$t.log" 2>&1 \
+                || { tail -n 40 "$BASE/$t.log" >&2; die "gocryptfs -init failed"; }
             start_fs "$t"; DIR[$t]="${MNT[$t]}" ;;
         bitcloud)
             SRC[$t]="$BASE/bitcloud-home"; MNT[$t]="$BASE/bitcloud-mnt"; mkdir -m 0700 "${SRC[$t]}"; mkdir "${MNT[$t]}"
@@ -346,7 +369,7 @@ declare -A LABEL=(
     [randrw]="random read 4 KiB warm (IOPS)"
     [randw]="random write 4 KiB + fsync (IOPS)"
     [bigw]="write ${BIG_MB} MiB, fsync (MB/s, 1 run)"
-    [hwm]="peak RSS of mount process after ${BIG_MB} MiB write (MiB)"
+    [hwm]="peak RSS of mount process after ${BIG_MB} MiB write (MiB; lower is better)"
 )
 
 report() {
@@ -354,19 +377,23 @@ report() {
     echo "## bitcloud benchmark — $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) cores"
     echo
     echo "Disk: $(df -PT "$BASE" | awk 'NR == 2 { print $1 " (" $2 ")" }') under $BENCH_DIR. Medians of $RUNS runs, targets interleaved."
-    echo "Mount options: bindfs \`${BINDFS_OPTS:-(none)}\`, bitcloud \`${BITCLOUD_MOUNT_OPTS:-(none)}\`."
-    echo "Tools: $(fio --version), bindfs $(bindfs --version 2>/dev/null | awk '{ print $2; exit }')."
+    echo "Mount options: bindfs \`${BINDFS_OPTS:-(none)}\`, gocryptfs \`${GOCRYPTFS_OPTS:-(none)}\`, bitcloud \`${BITCLOUD_MOUNT_OPTS:-(none)}\`."
+    echo "Tools: $(fio --version), bindfs $(bindfs --version 2>/dev/null | awk '{ print $2; exit }'),"\
+        "gocryptfs $(gocryptfs -version 2>/dev/null | awk '{ sub(/;$/, "", $2); print $2; exit }')."
     if has_target bitcloud; then
         echo "bitcloud: $BITCLOUD_BIN $("$BITCLOUD_BIN" --version 2>/dev/null | head -n 1 || true)"
     fi
     for n in "${SKIP_NOTE[@]}"; do echo "Skipped: $n"; done
     echo
-    echo "| measurement | raw | bindfs | bitcloud | bitcloud/bindfs |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "Ratio columns = bitcloud's median ÷ the other target's median. Rates (MB/s, files/s, IOPS):"
+    echo "higher is better, > 1 means bitcloud is faster. Peak RSS: lower is better, < 1 means bitcloud uses less memory."
+    echo
+    echo "| measurement | raw | bindfs | gocryptfs | bitcloud | bitcloud/bindfs | bitcloud/gocryptfs |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for row in "${ROWS[@]}"; do
         printf '| %s ' "${LABEL[$row]}"
         declare -A med=()
-        for t in raw bindfs bitcloud; do
+        for t in raw bindfs gocryptfs bitcloud; do
             if ! has_target "$t"; then
                 printf '| skipped '
             elif [[ -z ${RES["$row|$t"]:-} ]]; then
@@ -377,13 +404,17 @@ report() {
                 printf '| %s ' "$(fmt "$v")"
             fi
         done
-        b=${med[bindfs]:-}; c=${med[bitcloud]:-}
-        if [[ -n $b && -n $c ]]; then
-            ratio=$(awk -v b="$b" -v c="$c" 'BEGIN { if (b > 0) printf "%.2f", c / b; else print "n/a" }')
-        else
-            ratio="n/a"
-        fi
-        printf '| %s |\n' "$ratio"
+        c=${med[bitcloud]:-}
+        for t in bindfs gocryptfs; do
+            b=${med[$t]:-}
+            if [[ -n $b && -n $c ]]; then
+                ratio=$(awk -v b="$b" -v c="$c" 'BEGIN { if (b > 0) printf "%.2f", c / b; else print "n/a" }')
+            else
+                ratio="n/a"
+            fi
+            printf '| %s ' "$ratio"
+        done
+        printf '|\n'
         unset med
     done
     echo

@@ -5,7 +5,7 @@
 #
 # Run as root:   bash scripts/setup.sh
 #
-# Installs (Debian packages): fuse3 bindfs attr acl rsync sqlite3 git fio python3
+# Installs (Debian packages): fuse3 bindfs gocryptfs attr acl rsync sqlite3 git fio python3
 #   libacl1-dev (pjdfstest links against libacl.so) build-essential (cc, to link Rust binaries)
 #   procps (pgrep/ps used by the scripts) util-linux (mountpoint)
 # Also: user `nobody`, user+group `tests` (pjdfstest switches to them),
@@ -21,6 +21,7 @@ fi
 declare -A NEED=(
     [fusermount3]=fuse3
     [bindfs]=bindfs
+    [gocryptfs]=gocryptfs
     [getfattr]=attr
     [setfattr]=attr
     [setfacl]=acl

@@ -3,6 +3,11 @@
 use clap::Parser;
 
 fn main() {
+    // glibc gives each thread its own malloc arena, and freed block buffers (up to 16 MiB)
+    // stay in them: measured 311 MiB peak RSS in a random-write benchmark with the default,
+    // 98 MiB with one arena, at the same speed. Two arenas keep some allocation parallelism.
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = bitcloud::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "warn",

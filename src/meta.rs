@@ -24,6 +24,10 @@ use crate::names::Tag;
 use codec::{BlockRecord, DecodeError, Dirent, Inode};
 use tables::*;
 
+/// Memory redb may use to cache database pages. Its default (1 GiB) would dominate the
+/// mount's footprint; metadata is small and hot pages fit easily in this.
+const META_CACHE_BYTES: usize = 32 << 20;
+
 /// On-disk format version of the metadata database. Bumped on any incompatible change.
 pub const FORMAT_VERSION: u64 = 1;
 
@@ -80,7 +84,9 @@ pub struct MetaStore {
 impl MetaStore {
     /// Creates a new database with an empty root directory owned by `uid`/`gid`.
     pub fn create(path: &Path, block_size: u32, uid: u32, gid: u32) -> Result<MetaStore> {
-        let db = db!(Database::builder().create(path));
+        let db = db!(Database::builder()
+            .set_cache_size(META_CACHE_BYTES)
+            .create(path));
         let store = MetaStore {
             db,
             epoch: AtomicU64::new(1),
@@ -120,7 +126,9 @@ impl MetaStore {
 
     /// Opens an existing database and checks its format version.
     pub fn open(path: &Path) -> Result<MetaStore> {
-        let db = db!(Database::builder().open(path));
+        let db = db!(Database::builder()
+            .set_cache_size(META_CACHE_BYTES)
+            .open(path));
         let store = MetaStore {
             db,
             epoch: AtomicU64::new(0),

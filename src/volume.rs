@@ -108,6 +108,10 @@ pub struct Volume {
     /// Set by every commit, cleared by a checkpoint: whether a durable commit is owed.
     needs_checkpoint: AtomicBool,
     data_dir: std::path::PathBuf,
+    /// Background prefetches running now.
+    prefetching: std::sync::atomic::AtomicUsize,
+    /// This volume, for work handed to background threads.
+    me: std::sync::Weak<Volume>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -170,6 +174,8 @@ impl Volume {
             cache: cache::BlockCache::new(16),
             needs_checkpoint: AtomicBool::new(false),
             data_dir: data_dir.to_path_buf(),
+            prefetching: std::sync::atomic::AtomicUsize::new(0),
+            me: weak.clone(),
         });
         let recovery = volume.recover()?;
         Ok((volume, recovery))

@@ -1,17 +1,23 @@
 //! A small cache of decrypted, verified blocks, so that a sequential reader asking for 128 KiB
 //! at a time does not decrypt the same block eight times. Bounded by entry count; least
 //! recently used entries go first.
+//!
+//! Loads are single-flight: when several FUSE threads miss on the same block at once (the
+//! kernel issues readahead requests in parallel), one decrypts and the others wait for it.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 use crate::ids::BlockId;
 
+type Loading = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
+
 pub(super) struct BlockCache {
     capacity: usize,
     entries: Mutex<VecDeque<(BlockId, Arc<Vec<u8>>)>>,
+    loading: Mutex<HashMap<BlockId, Loading>>,
 }
 
 impl BlockCache {
@@ -19,7 +25,34 @@ impl BlockCache {
         BlockCache {
             capacity,
             entries: Mutex::new(VecDeque::with_capacity(capacity)),
+            loading: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The cached block, or the result of `load` run once for all concurrent callers.
+    pub(super) fn get_or_load(
+        &self,
+        id: BlockId,
+        load: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<Arc<Vec<u8>>, String> {
+        if let Some(hit) = self.get(&id) {
+            return Ok(hit);
+        }
+        let cell = self.loading.lock().entry(id).or_default().clone();
+        let result = cell.get_or_init(|| load().map(Arc::new)).clone();
+        if let Ok(data) = &result {
+            self.insert(id, data.clone());
+        }
+        let mut loading = self.loading.lock();
+        if loading.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            loading.remove(&id);
+        }
+        result
+    }
+
+    /// Whether `id` is cached (without touching its recency).
+    pub(super) fn contains(&self, id: &BlockId) -> bool {
+        self.entries.lock().iter().any(|(k, _)| k == id)
     }
 
     pub(super) fn get(&self, id: &BlockId) -> Option<Arc<Vec<u8>>> {

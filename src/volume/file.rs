@@ -32,6 +32,9 @@ pub struct OpenFlags {
     pub write: bool,
 }
 
+/// Background block decryptions allowed at once (see `Volume::prefetch`).
+const MAX_PREFETCH: usize = 2;
+
 /// Dirty bytes allowed per open file before writers wait for sealing.
 const DIRTY_BYTES_PER_FILE: u64 = 32 << 20;
 
@@ -237,9 +240,17 @@ impl Volume {
             let mapped: BTreeMap<u64, BlockId> = self
                 .meta
                 .read()?
-                .blocks_in(ino, first, last + 1)?
+                .blocks_in(ino, first, last + 2)?
                 .into_iter()
                 .collect();
+            // A read reaching past the middle of its last block looks sequential: warm the next.
+            let next = last + 1;
+            if end > last * bs + bs / 2
+                && !st.dirty.contains_key(&next)
+                && let Some(id) = mapped.get(&next)
+            {
+                self.prefetch(ino, next, *id);
+            }
             let sources: Vec<(u64, Source)> = (first..=last)
                 .map(|i| {
                     let s = match (st.dirty.get(&i), mapped.get(&i)) {
@@ -272,21 +283,43 @@ impl Volume {
 
     /// Loads, decrypts and verifies a stored block (through the cache).
     fn load_block(&self, ino: InodeNo, index: u64, id: BlockId) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.cache.get(&id) {
-            return Ok(hit);
+        self.cache
+            .get_or_load(id, || {
+                let sealed = self.store.get(&id).map_err(|e| e.to_string())?;
+                seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|why| VolumeError::Corrupt {
+                ino,
+                index,
+                block: id,
+                why,
+            })
+    }
+
+    /// Decrypts block `index` into the cache on a background thread, so a sequential reader
+    /// finds it ready. At most [`MAX_PREFETCH`] run at once; errors are left for the real read.
+    fn prefetch(&self, ino: InodeNo, index: u64, id: BlockId) {
+        if self.cache.contains(&id) {
+            return;
         }
-        let corrupt = |why: String| VolumeError::Corrupt {
-            ino,
-            index,
-            block: id,
-            why,
+        if self.prefetching.fetch_add(1, Ordering::SeqCst) >= MAX_PREFETCH {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let Some(volume) = self.me.upgrade() else {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+            return;
         };
-        let sealed = self.store.get(&id).map_err(|e| corrupt(e.to_string()))?;
-        let plain = seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let plain = Arc::new(plain);
-        self.cache.insert(id, plain.clone());
-        Ok(plain)
+        let spawned = std::thread::Builder::new()
+            .name("bitcloud-prefetch".into())
+            .spawn(move || {
+                let _ = volume.load_block(ino, index, id);
+                volume.prefetching.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.prefetching.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// The current plaintext of block `index` of a file whose state is locked.
