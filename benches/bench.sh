@@ -373,13 +373,17 @@ declare -A LABEL=(
 )
 
 report() {
-    local row t v b c ratio
+    local row t v b c ratio tools
     echo "## bitcloud benchmark — $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) cores"
     echo
     echo "Disk: $(df -PT "$BASE" | awk 'NR == 2 { print $1 " (" $2 ")" }') under $BENCH_DIR. Medians of $RUNS runs, targets interleaved."
     echo "Mount options: bindfs \`${BINDFS_OPTS:-(none)}\`, gocryptfs \`${GOCRYPTFS_OPTS:-(none)}\`, bitcloud \`${BITCLOUD_MOUNT_OPTS:-(none)}\`."
-    echo "Tools: $(fio --version), bindfs $(bindfs --version 2>/dev/null | awk '{ print $2; exit }'),"\
-        "gocryptfs $(gocryptfs -version 2>/dev/null | awk '{ sub(/;$/, "", $2); print $2; exit }')."
+    tools="$(fio --version)"
+    if has_target bindfs; then tools+=", bindfs $(bindfs --version 2>/dev/null | awk '{ print $2; exit }')"; fi
+    if has_target gocryptfs; then
+        tools+=", gocryptfs $(gocryptfs -version 2>/dev/null | awk '{ sub(/;$/, "", $2); print $2; exit }')"
+    fi
+    echo "Tools: $tools."
     if has_target bitcloud; then
         echo "bitcloud: $BITCLOUD_BIN $("$BITCLOUD_BIN" --version 2>/dev/null | head -n 1 || true)"
     fi

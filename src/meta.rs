@@ -256,6 +256,8 @@ pub trait Reader {
     fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>>;
     fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>>;
     fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>>;
+    /// The sealed bytes of a block stored inline, if it is.
+    fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>>;
     fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>>;
     fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>>;
     fn counts(&self) -> Result<Counts>;
@@ -365,6 +367,12 @@ macro_rules! impl_reader {
                 Ok(g.map(|v| v.value().to_vec()))
             }
 
+            fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>> {
+                let t = db!(self.txn.open_table(INLINE));
+                let g = db!(t.get(&id.0[..]));
+                Ok(g.map(|v| v.value().to_vec()))
+            }
+
             fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>> {
                 let t = db!(self.txn.open_table(XATTRS));
                 let g = db!(t.get(&codec::tagged_key(ino, tag)[..]));
@@ -429,6 +437,7 @@ impl WriteTx {
         db!(self.txn.open_table(SYMLINKS));
         db!(self.txn.open_table(XATTRS));
         db!(self.txn.open_table(ORPHANS));
+        db!(self.txn.open_table(INLINE));
         Ok(())
     }
 
@@ -598,9 +607,17 @@ impl WriteTx {
     /// Forgets collected blocks (their files are gone).
     pub fn remove_gc(&mut self, ids: &[BlockId]) -> Result<()> {
         let mut gc = db!(self.txn.open_table(GC));
+        let mut inline = db!(self.txn.open_table(INLINE));
         for id in ids {
             db!(gc.remove(&id.0[..]));
+            db!(inline.remove(&id.0[..]));
         }
+        Ok(())
+    }
+
+    /// Stores the sealed bytes of a small block in the database.
+    pub fn put_inline(&mut self, id: &BlockId, sealed: &[u8]) -> Result<()> {
+        db!(db!(self.txn.open_table(INLINE)).insert(&id.0[..], sealed));
         Ok(())
     }
 

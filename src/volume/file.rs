@@ -32,6 +32,19 @@ pub struct OpenFlags {
     pub write: bool,
 }
 
+/// Blocks of at most this many plaintext bytes are stored inside the metadata database
+/// rather than as files: a file per small block costs an ext4 inode allocation, a rename and
+/// a later unlink, which dominated small-file creation.
+pub(super) const INLINE_MAX: usize = 32 * 1024;
+
+/// A sealed block ready to be committed.
+pub(super) struct SealedBlock {
+    id: BlockId,
+    record: BlockRecord,
+    /// Sealed bytes to store in the database (small blocks), or `None` if already stored.
+    inline: Option<Vec<u8>>,
+}
+
 /// Background block decryptions allowed at once (see `Volume::prefetch`).
 const MAX_PREFETCH: usize = 2;
 
@@ -285,7 +298,11 @@ impl Volume {
     fn load_block(&self, ino: InodeNo, index: u64, id: BlockId) -> Result<Arc<Vec<u8>>> {
         self.cache
             .get_or_load(id, || {
-                let sealed = self.store.get(&id).map_err(|e| e.to_string())?;
+                let inline = self.meta.read().and_then(|tx| tx.inline_block(&id));
+                let sealed = match inline.map_err(|e| e.to_string())? {
+                    Some(bytes) => bytes,
+                    None => self.store.get(&id).map_err(|e| e.to_string())?,
+                };
                 seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
                     .map_err(|e| e.to_string())
             })
@@ -447,33 +464,65 @@ impl Volume {
     }
 
     /// Hashes, encrypts and stores one plaintext block. `None` for an all-zero block: it
-    /// becomes a hole and is not stored.
-    pub(super) fn seal_block(&self, plain: &[u8]) -> Result<Option<(BlockId, BlockRecord)>> {
+    /// becomes a hole and is not stored. A block of at most [`INLINE_MAX`] bytes is not
+    /// written to a file: its sealed bytes travel with the result into the metadata commit.
+    pub(super) fn seal_block(&self, plain: &[u8]) -> Result<Option<SealedBlock>> {
         if plain.iter().all(|b| *b == 0) {
             return Ok(None);
         }
         let id = block_id(&self.keys.dedup, plain);
-        let sealed_len = match self.meta.read()?.block_record(&id)? {
-            Some(r) if self.store.contains(&id) => r.sealed_len,
-            _ => {
-                let sealed = seal::seal(&self.keys.recipient, plain)
-                    .map_err(|e| VolumeError::Seal(e.to_string()))?;
-                self.store.put(&id, &sealed)?;
-                sealed.len() as u32
+        let known = {
+            let tx = self.meta.read()?;
+            match tx.block_record(&id)? {
+                Some(r) if tx.inline_block(&id)?.is_some() || self.store.contains(&id) => {
+                    Some(r.sealed_len)
+                }
+                _ => None,
             }
         };
-        Ok(Some((
+        let (sealed_len, inline) = match known {
+            Some(len) => (len, None),
+            None => {
+                let sealed = seal::seal(&self.keys.recipient, plain)
+                    .map_err(|e| VolumeError::Seal(e.to_string()))?;
+                let len = sealed.len() as u32;
+                if plain.len() <= INLINE_MAX {
+                    (len, Some(sealed))
+                } else {
+                    self.store.put(&id, &sealed)?;
+                    (len, None)
+                }
+            }
+        };
+        let record = BlockRecord {
+            refcount: 0,
+            plain_len: plain.len() as u32,
+            sealed_len,
+        };
+        Ok(Some(SealedBlock { id, record, inline }))
+    }
+
+    /// Points slot (`ino`, `index`) at `block` in `tx`, storing inline bytes with it.
+    pub(super) fn apply_block(
+        tx: &mut crate::meta::WriteTx,
+        ino: InodeNo,
+        index: u64,
+        block: Option<&SealedBlock>,
+    ) -> Result<i64> {
+        let delta = tx.set_block(ino, index, block.map(|b| (b.id, b.record)))?;
+        if let Some(SealedBlock {
             id,
-            BlockRecord {
-                refcount: 0,
-                plain_len: plain.len() as u32,
-                sealed_len,
-            },
-        )))
+            inline: Some(bytes),
+            ..
+        }) = block
+        {
+            tx.put_inline(id, bytes)?;
+        }
+        Ok(delta)
     }
 
     /// Commits a finished seal if its block is still current (see module doc).
-    pub(super) fn finish_seal(&self, job: SealJob, result: Result<Option<(BlockId, BlockRecord)>>) {
+    pub(super) fn finish_seal(&self, job: SealJob, result: Result<Option<SealedBlock>>) {
         let file = job.file;
         let mut st = file.lock();
         st.in_flight -= 1;
@@ -508,14 +557,14 @@ impl Volume {
         &self,
         ino: InodeNo,
         index: u64,
-        block: Option<(BlockId, BlockRecord)>,
+        block: Option<SealedBlock>,
         st: &FileState,
     ) -> Result<()> {
         let mut tx = self.meta.write()?;
         let Some(mut inode) = tx.inode(ino)? else {
             return Ok(()); // deleted meanwhile
         };
-        let delta = tx.set_block(ino, index, block)?;
+        let delta = Self::apply_block(&mut tx, ino, index, block.as_ref())?;
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
         inode.size = st.size;
         inode.mtime = st.mtime;
@@ -629,7 +678,7 @@ impl Volume {
         let mut inode = self.load_inode(&tx, ino)?;
         let mut delta = -(tx.set_blocks_from(ino, keep_blocks)? as i64);
         if let Some((index, block)) = edge_block {
-            delta += tx.set_block(ino, index, block)?;
+            delta += Self::apply_block(&mut tx, ino, index, block.as_ref())?;
         }
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
         inode.size = new_size;

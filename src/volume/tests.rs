@@ -120,7 +120,8 @@ fn damaged_block_is_an_error_for_that_file_only() {
     let bad = file(&v, "bad");
     for (ino, byte) in [(good, 1u8), (bad, 2u8)] {
         let fh = v.open(ino, OpenFlags { write: true }).unwrap();
-        v.write(ino, 0, &vec![byte; 1000]).unwrap();
+        // 64 KiB blocks: block 0 is over INLINE_MAX, so it is a file in the store.
+        v.write(ino, 0, &vec![byte; 100_000]).unwrap();
         v.release(fh).unwrap();
     }
     let id = v.meta().read().unwrap().block_at(bad, 0).unwrap().unwrap();
@@ -309,4 +310,47 @@ fn unlinked_open_file_lives_until_release() {
     assert_eq!(v.getattr(ino).unwrap().inode.nlink, 0);
     v.release(fh).unwrap();
     assert!(matches!(v.getattr(ino), Err(VolumeError::NotFound)));
+}
+
+#[test]
+fn small_blocks_live_in_the_database_and_survive_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    Volume::create(dir.path(), 65536, ME).unwrap();
+    let identity = age::x25519::Identity::generate();
+    let secret = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_string();
+    let (v, _) = Volume::load(dir.path(), VolumeKeys::derive(identity), 1).unwrap();
+    let ino = file(&v, "small");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 0, b"tiny file contents").unwrap();
+    v.release(fh).unwrap();
+    assert!(
+        v.store().list().unwrap().is_empty(),
+        "a small block became a file"
+    );
+    v.shutdown().unwrap();
+    drop(v);
+    let identity: age::x25519::Identity = secret.parse().unwrap();
+    let (v, _) = Volume::load(dir.path(), VolumeKeys::derive(identity), 1).unwrap();
+    assert_eq!(v.read(ino, 0, 100).unwrap(), b"tiny file contents");
+    let id = v.meta().read().unwrap().block_at(ino, 0).unwrap().unwrap();
+    assert!(
+        v.meta()
+            .read()
+            .unwrap()
+            .inline_block(&id)
+            .unwrap()
+            .is_some()
+    );
+    v.unlink(InodeNo::ROOT, b"small").unwrap();
+    assert_eq!(v.checkpoint().unwrap(), 1);
+    assert!(
+        v.meta()
+            .read()
+            .unwrap()
+            .inline_block(&id)
+            .unwrap()
+            .is_none(),
+        "inline bytes leaked"
+    );
+    assert_eq!(v.counts().unwrap().blocks, 0);
 }
