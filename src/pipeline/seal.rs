@@ -9,7 +9,18 @@ use crate::ids::BlockId;
 
 /// Encrypts one plaintext block to `recipient`.
 pub fn seal(recipient: &age::x25519::Recipient, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-    age::encrypt(recipient, plaintext).map_err(|e| SealError(e.to_string()))
+    // As age::encrypt, but with the output sized once: header (~200 bytes), 16-byte nonce,
+    // and a 16-byte tag per 64 KiB chunk.
+    let encrypt = || -> Result<Vec<u8>, age::EncryptError> {
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))?;
+        let mut sealed = Vec::with_capacity(plaintext.len() + plaintext.len() / 4096 + 512);
+        let mut writer = encryptor.wrap_output(&mut sealed)?;
+        std::io::Write::write_all(&mut writer, plaintext)?;
+        writer.finish()?;
+        Ok(sealed)
+    };
+    encrypt().map_err(|e| SealError(e.to_string()))
 }
 
 /// Decrypts a sealed block and verifies that its plaintext has id `expected`.
@@ -19,8 +30,15 @@ pub fn open(
     expected: BlockId,
     sealed: &[u8],
 ) -> Result<Vec<u8>, OpenError> {
-    let plaintext =
-        age::decrypt(identity, sealed).map_err(|e| OpenError::Decrypt(e.to_string()))?;
+    // Binary age only (no armor detection layer: it costs a copy), into a buffer sized once.
+    let decrypt = || -> Result<Vec<u8>, age::DecryptError> {
+        let decryptor = age::Decryptor::new_buffered(sealed)?;
+        let mut reader = decryptor.decrypt(std::iter::once(identity as &dyn age::Identity))?;
+        let mut plaintext = Vec::with_capacity(sealed.len());
+        std::io::Read::read_to_end(&mut reader, &mut plaintext)?;
+        Ok(plaintext)
+    };
+    let plaintext = decrypt().map_err(|e| OpenError::Decrypt(e.to_string()))?;
     if block_id(dedup_key, &plaintext) != expected {
         return Err(OpenError::BlockIdMismatch(expected));
     }

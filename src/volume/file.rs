@@ -47,6 +47,8 @@ pub(super) struct SealedBlock {
 
 /// Background block decryptions allowed at once (see `Volume::prefetch`).
 const MAX_PREFETCH: usize = 2;
+/// How many blocks past a sequential read are decrypted ahead of it.
+const PREFETCH_AHEAD: u64 = 3;
 
 /// Dirty bytes allowed per open file before writers wait for sealing.
 const DIRTY_BYTES_PER_FILE: u64 = 32 << 20;
@@ -253,16 +255,19 @@ impl Volume {
             let mapped: BTreeMap<u64, BlockId> = self
                 .meta
                 .read()?
-                .blocks_in(ino, first, last + 2)?
+                .blocks_in(ino, first, last + 1 + PREFETCH_AHEAD)?
                 .into_iter()
                 .collect();
-            // A read reaching past the middle of its last block looks sequential: warm the next.
-            let next = last + 1;
-            if end > last * bs + bs / 2
-                && !st.dirty.contains_key(&next)
-                && let Some(id) = mapped.get(&next)
-            {
-                self.prefetch(ino, next, *id);
+            // A read reaching past the middle of its last block looks sequential: warm the
+            // next few, so decryption runs ahead of the reader on the other core.
+            if end > last * bs + bs / 2 {
+                for next in last + 1..=last + PREFETCH_AHEAD {
+                    if !st.dirty.contains_key(&next)
+                        && let Some(id) = mapped.get(&next)
+                    {
+                        self.prefetch(ino, next, *id);
+                    }
+                }
             }
             let sources: Vec<(u64, Source)> = (first..=last)
                 .map(|i| {
@@ -467,7 +472,7 @@ impl Volume {
     /// becomes a hole and is not stored. A block of at most [`INLINE_MAX`] bytes is not
     /// written to a file: its sealed bytes travel with the result into the metadata commit.
     pub(super) fn seal_block(&self, plain: &[u8]) -> Result<Option<SealedBlock>> {
-        if plain.iter().all(|b| *b == 0) {
+        if is_all_zero(plain) {
             return Ok(None);
         }
         let id = block_id(&self.keys.dedup, plain);
@@ -747,6 +752,14 @@ impl Volume {
         self.mark_dirty();
         Ok(())
     }
+}
+
+/// Whether every byte is zero (compares 64 bytes at a time: a byte loop was visible in
+/// profiles of sequential writes).
+fn is_all_zero(data: &[u8]) -> bool {
+    let chunks = data.chunks_exact(64);
+    let tail = chunks.remainder();
+    chunks.into_iter().all(|c| c == [0u8; 64]) && tail.iter().all(|b| *b == 0)
 }
 
 enum Source {
