@@ -112,6 +112,42 @@ impl Mount {
         m
     }
 
+    /// Mounts an existing home at `mnt` (both under `root`, which the caller keeps alive).
+    pub fn existing(root: &Path, home: &Path, mnt: &Path) -> Mount {
+        let mut m = Mount {
+            home: home.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            options: Vec::new(),
+            child: None,
+            _root: tempfile::Builder::new()
+                .prefix("unused")
+                .tempdir_in(root)
+                .expect("temp dir"),
+        };
+        m.start();
+        m
+    }
+
+    /// Sends a signal to the mount process (which keeps running).
+    pub fn send_signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("mounted").id();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Waits (with the harness deadline) until the mount's log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "log never said {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The path of `rel` inside the mount.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)

@@ -6,4 +6,5 @@ mod cli;
 mod faults;
 mod harness;
 mod posix;
+mod service;
 mod tools;

@@ -7,7 +7,8 @@
 #
 # Installs (Debian packages): fuse3 bindfs gocryptfs attr acl rsync sqlite3 git fio python3
 #   libacl1-dev (pjdfstest links against libacl.so) build-essential (cc, to link Rust binaries)
-#   procps (pgrep/ps used by the scripts) util-linux (mountpoint)
+#   procps (pgrep/ps used by the scripts) util-linux (mountpoint) systemd (systemd-analyze
+#   verify of the unit) gzip
 # Also: user `nobody`, user+group `tests` (pjdfstest switches to them),
 #   and `user_allow_other` in /etc/fuse.conf.
 set -euo pipefail
@@ -34,6 +35,8 @@ declare -A NEED=(
     [cc]=build-essential
     [pgrep]=procps
     [mountpoint]=util-linux
+    [systemd-analyze]=systemd
+    [gzip]=gzip
     [/usr/lib/x86_64-linux-gnu/libacl.so]=libacl1-dev
     [/usr/include/sys/acl.h]=libacl1-dev
 )

@@ -4,7 +4,8 @@
 #   1. cargo fmt --check and cargo clippy --all-targets -D warnings
 #   2. cargo nextest: unit tests, the model-based volume test, and mount-tests/ (real FUSE
 #      mounts used with cp, tar, rsync, git, sqlite3, dd ...)
-#   3. pjdfstest (the POSIX filesystem test suite) against a real bitcloud mount
+#   3. the Debian package: build, contents, systemd-analyze verify, install, remove
+#   4. pjdfstest (the POSIX filesystem test suite) against a real bitcloud mount
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast
-echo "== pjdfstest"
+echo "== packaging"
 cargo build --locked --bin bitcloud
+BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/check-packaging.sh
+echo "== pjdfstest"
 BITCLOUD_SKIP_SETUP=1 BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/pjdfstest.sh

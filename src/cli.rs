@@ -3,9 +3,11 @@
 //!
 //! Exit codes: 0 success; 1 any failure (the message names it); 2 bad usage (from clap).
 
+mod completions;
 mod init;
 mod mount;
 mod passphrase;
+pub mod service;
 mod status;
 mod umount;
 
@@ -18,7 +20,7 @@ use crate::config::Paths;
 /// bitcloud: a virtual hard disk whose blocks are encrypted, erasure-coded and spread over a
 /// pool of machines. With no peers configured it is a single local encrypted volume.
 #[derive(Debug, Parser)]
-#[command(name = "bitcloud", version, propagate_version = true)]
+#[command(name = "bitcloud", version, propagate_version = true, after_long_help = AFTER_HELP)]
 pub struct Cli {
     /// Keep config, keys and data under DIR instead of the XDG directories.
     #[arg(long, global = true, env = "BITCLOUD_HOME", value_name = "DIR")]
@@ -42,7 +44,30 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Show the volume: files, bytes, dedup savings, blocks by state.
     Status(status::StatusArgs),
+    /// Install or remove the systemd user service that keeps the volume mounted.
+    Service(service::ServiceArgs),
+    /// Show the mount service's log from the journal (journalctl --user).
+    Logs(LogsArgs),
+    /// Print shell completions (bash, zsh, fish, ...) to stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Manpage,
 }
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success
+  1  failure: the message on stderr names the problem (not initialised, mountpoint missing
+     or busy, already mounted, wrong passphrase, bad config.toml key or value, ...)
+  2  bad usage (unknown command or option)
+
+Files (with --home DIR everything is under DIR; otherwise the XDG directories):
+  ~/.config/bitcloud/identity.age   the identity: the one secret, keep a copy
+  ~/.config/bitcloud/config.toml    settings (documented defaults written by init)
+  ~/.local/share/bitcloud/volume/   metadata database and encrypted blocks
+
+Signals (mount): SIGINT/SIGTERM unmount cleanly; SIGHUP re-reads config.toml.";
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,5 +77,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount::run(&paths, a),
         Command::Umount(a) => umount::run(&paths, a),
         Command::Status(a) => status::run(&paths, a),
+        Command::Service(a) => service::run(&paths, cli.home.as_deref(), a),
+        Command::Logs(a) => logs(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpage => completions::manpage(),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines as they arrive.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `bitcloud logs`: the journal of every `bitcloud-mount@` unit of this user.
+fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut cmd = std::process::Command::new("journalctl");
+    cmd.args([
+        "--user",
+        "--unit",
+        "bitcloud-mount@*",
+        "--no-pager",
+        "--output",
+        "short-iso",
+    ]);
+    if args.follow {
+        cmd.arg("--follow");
+    }
+    let status = cmd
+        .status()
+        .context("running journalctl (is systemd installed?)")?;
+    if !status.success() {
+        anyhow::bail!(
+            "journalctl failed ({status}); without the service, the log is the mount's stderr"
+        );
+    }
+    Ok(())
 }

@@ -159,12 +159,19 @@ impl Config {
                 None => invalid(e.message().to_string()),
             }
         })?;
-        let m = &config.mount;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks every value's range; the error names the key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let m = &self.mount;
         let check = |key: &str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
-                Err(invalid(format!(
-                    "mount.{key} = {v} is out of range {lo}..={hi}"
-                )))
+                Err(ConfigError::Invalid {
+                    path: path.into(),
+                    message: format!("mount.{key} = {v} is out of range {lo}..={hi}"),
+                })
             } else {
                 Ok(())
             }
@@ -172,7 +179,7 @@ impl Config {
         check("seal_threads", m.seal_threads as u64, 1, 64)?;
         check("checkpoint_secs", m.checkpoint_secs, 1, 3600)?;
         check("fuse_threads", m.fuse_threads as u64, 1, 64)?;
-        Ok(config)
+        Ok(())
     }
 }
 

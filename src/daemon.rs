@@ -222,7 +222,7 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         stop_rx,
         background,
         &mountpoint,
-        req.config.mount.checkpoint_secs,
+        (paths.config_file(), req.config.clone()),
     ))?;
     tracing::info!(target: "bitcloud::daemon", reason, "stopping");
     notify::notify("STOPPING=1");
@@ -239,7 +239,7 @@ async fn wait_for_stop(
     mut stop_rx: tokio::sync::mpsc::Receiver<&'static str>,
     background: fuser::BackgroundSession,
     mountpoint: &Path,
-    checkpoint_secs: u64,
+    (config_path, mut config): (PathBuf, Config),
 ) -> Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -251,14 +251,30 @@ async fn wait_for_stop(
         .spawn(move || {
             let _ = done_tx.send(background.join());
         })?;
-    let mut tick = tokio::time::interval(Duration::from_secs(checkpoint_secs));
+    let mut tick = tokio::time::interval(Duration::from_secs(config.mount.checkpoint_secs));
     let reason = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             Some(r) = stop_rx.recv() => break r,
             _ = hup.recv() => {
-                tracing::info!(target: "bitcloud::daemon", "SIGHUP: nothing in config.toml can change while mounted yet; restart to apply");
+                // Only the checkpoint interval can change while mounted; the thread counts
+                // apply at the next mount. A bad file is reported and the old values kept.
+                match Config::load(&config_path) {
+                    Ok(new) => {
+                        if new.mount.checkpoint_secs != config.mount.checkpoint_secs {
+                            tick = tokio::time::interval(Duration::from_secs(new.mount.checkpoint_secs));
+                        }
+                        if new.mount.seal_threads != config.mount.seal_threads
+                            || new.mount.fuse_threads != config.mount.fuse_threads
+                        {
+                            tracing::warn!(target: "bitcloud::daemon", "SIGHUP: thread counts change at the next mount");
+                        }
+                        eprintln!("bitcloud: SIGHUP: config reloaded (checkpoint every {} s)", new.mount.checkpoint_secs);
+                        config = new;
+                    }
+                    Err(e) => eprintln!("bitcloud: SIGHUP: config not reloaded, keeping the old one: {e}"),
+                }
             }
             r = &mut done_rx => {
                 if let Ok(Err(e)) = r {

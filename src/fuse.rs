@@ -570,7 +570,7 @@ impl Filesystem for BitcloudFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.volume.checkpoint() {
+        match self.volume.make_durable() {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
         }

@@ -227,12 +227,18 @@ impl Volume {
         self.needs_checkpoint.load(Ordering::Relaxed)
     }
 
-    /// Makes everything committed so far durable (block files first, then the metadata), then
-    /// frees blocks whose zero refcount is now durable. Returns how many blocks were freed.
-    pub fn checkpoint(&self) -> Result<u64> {
+    /// Makes everything committed so far durable: block files first, then the metadata.
+    /// Returns the gc epoch now covered. This is all `fsync` waits for.
+    pub fn make_durable(&self) -> Result<u64> {
         self.needs_checkpoint.store(false, Ordering::Relaxed);
         self.store.sync_pending()?;
-        let covered = self.meta.commit_durable()?;
+        Ok(self.meta.commit_durable()?)
+    }
+
+    /// [`make_durable`](Self::make_durable), then frees blocks whose zero refcount is now
+    /// durable (the periodic checkpoint, unmount). Returns how many blocks were freed.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let covered = self.make_durable()?;
         let mut freed = 0;
         loop {
             let ids = self.meta.collectable(covered, 1024)?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::config::{Config, Paths};
@@ -23,6 +23,18 @@ pub struct MountArgs {
     /// works; otherwise you are asked on the terminal.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+
+    /// Overrides mount.seal_threads from config.toml.
+    #[arg(long, value_name = "N")]
+    pub seal_threads: Option<usize>,
+
+    /// Overrides mount.checkpoint_secs from config.toml.
+    #[arg(long, value_name = "SECONDS")]
+    pub checkpoint_secs: Option<u64>,
+
+    /// Overrides mount.fuse_threads from config.toml.
+    #[arg(long, value_name = "N")]
+    pub fuse_threads: Option<usize>,
 }
 
 pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
@@ -33,7 +45,14 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
             paths.config_dir.display()
         );
     }
-    let config = Config::load(&paths.config_file())?;
+    let mut config = Config::load(&paths.config_file())?;
+    let m = &mut config.mount;
+    m.seal_threads = args.seal_threads.unwrap_or(m.seal_threads);
+    m.checkpoint_secs = args.checkpoint_secs.unwrap_or(m.checkpoint_secs);
+    m.fuse_threads = args.fuse_threads.unwrap_or(m.fuse_threads);
+    config
+        .validate(&paths.config_file())
+        .context("checking the command-line overrides")?;
     let mut pass = super::passphrase::given(args.passphrase_file.as_deref())?;
     if pass.is_none() && keys::is_protected(&identity)? {
         pass = super::passphrase::prompt("Passphrase for the bitcloud identity: ")?;

@@ -110,6 +110,12 @@ impl OpenFile {
         self.state.lock()
     }
 
+    /// Whether some of this file's data is still only in memory.
+    pub(super) fn is_dirty(&self) -> bool {
+        let st = self.state.lock();
+        !st.dirty.is_empty() || st.in_flight > 0 || st.attr_dirty
+    }
+
     /// Shows size and times that are ahead of the database.
     pub(super) fn overlay(&self, inode: &mut Inode) {
         let st = self.state.lock();
@@ -648,7 +654,8 @@ impl Volume {
     /// Flushes `ino` and makes the whole volume durable.
     pub fn fsync(&self, ino: InodeNo) -> Result<()> {
         self.flush(ino)?;
-        self.checkpoint()?;
+        // Durability only: freeing overwritten blocks is left to the periodic checkpoint.
+        self.make_durable()?;
         Ok(())
     }
 

@@ -13,6 +13,11 @@ pub const XATTR_VALUE_MAX: usize = 65536;
 /// Longest name, as the Linux VFS (XATTR_NAME_MAX).
 pub const XATTR_NAME_MAX: usize = 255;
 
+/// A read-only virtual attribute telling where a file's data stands: `writing` (buffered in
+/// memory, not yet sealed), `local` (sealed on this machine only: no peers are configured).
+/// Not listed by listxattr, so copying tools do not try to copy it.
+pub const STATE_XATTR: &[u8] = b"user.bitcloud.state";
+
 /// What `setxattr` does when the attribute exists or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XattrMode {
@@ -64,6 +69,11 @@ impl Volume {
     /// Sets xattr `name` of `ino`.
     pub fn setxattr(&self, ino: InodeNo, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
         check_name(name)?;
+        if name == STATE_XATTR {
+            return Err(VolumeError::NotPermitted(
+                "user.bitcloud.state is read-only",
+            ));
+        }
         if value.len() > XATTR_VALUE_MAX {
             return Err(VolumeError::Range {
                 needed: XATTR_VALUE_MAX,
@@ -90,6 +100,20 @@ impl Volume {
 
     /// The value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
+        if name == STATE_XATTR {
+            self.getattr(ino)?;
+            let writing = self
+                .files
+                .lock()
+                .get(&ino)
+                .cloned()
+                .is_some_and(|f| f.is_dirty());
+            return Ok(if writing {
+                b"writing".to_vec()
+            } else {
+                b"local".to_vec()
+            });
+        }
         if name.starts_with(b"system.") {
             return Err(VolumeError::NoXattr);
         }

@@ -1,0 +1,180 @@
+//! `bitcloud service install [MOUNTPOINT]` / `bitcloud service uninstall [MOUNTPOINT]`: the
+//! systemd user unit that keeps the volume mounted. Writes the unit (pointing at this very
+//! binary, with this `--home`) to `~/.config/systemd/user/`, then enables and starts it when a
+//! user manager is running, or prints the `systemctl --user` commands to do so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::config::Paths;
+
+/// The unit shipped in packaging/ (the Debian package installs it as is).
+pub const UNIT_TEMPLATE: &str = include_str!("../../packaging/systemd/bitcloud-mount@.service");
+const UNIT_NAME: &str = "bitcloud-mount@.service";
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Write the systemd user unit and enable it for MOUNTPOINT (default ~/cloud).
+    Install(MountpointArg),
+    /// Stop and disable the unit for MOUNTPOINT and remove the unit file.
+    Uninstall(MountpointArg),
+}
+
+#[derive(Debug, Args)]
+pub struct MountpointArg {
+    /// Where the volume is mounted (created if missing).
+    pub mountpoint: Option<PathBuf>,
+    /// Only write or remove files and print the systemctl commands; run nothing.
+    #[arg(long)]
+    pub no_systemctl: bool,
+}
+
+/// `systemd-escape --path`: the instance name systemd derives from a path.
+pub fn escape_path(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, b) in trimmed.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// The unit text for this binary and home.
+pub fn unit_text(exe: &Path, home: Option<&Path>) -> String {
+    let mut cmd = exe.display().to_string();
+    if let Some(h) = home {
+        cmd.push_str(&format!(" --home {}", h.display()));
+    }
+    UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &cmd)
+}
+
+fn user_unit_dir() -> Result<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("neither XDG_CONFIG_HOME nor HOME is set")?;
+    Ok(config.join("systemd/user"))
+}
+
+fn user_manager_running() -> bool {
+    Command::new("systemctl")
+        .args(["--user", "is-system-running"])
+        .output()
+        .map(|o| !o.stdout.is_empty() && !String::from_utf8_lossy(&o.stdout).contains("offline"))
+        .unwrap_or(false)
+}
+
+fn systemctl(args: &[&str], run: bool) -> Result<()> {
+    println!("  systemctl --user {}", args.join(" "));
+    if run {
+        let status = Command::new("systemctl")
+            .arg("--user")
+            .args(args)
+            .status()?;
+        if !status.success() {
+            bail!("systemctl --user {} failed ({status})", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn mountpoint_of(arg: &MountpointArg) -> Result<PathBuf> {
+    let p = match &arg.mountpoint {
+        Some(p) => p.clone(),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join("cloud"),
+    };
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> {
+    let dir = user_unit_dir()?;
+    let unit_path = dir.join(UNIT_NAME);
+    match args.action {
+        ServiceAction::Install(a) => {
+            if !paths.identity_file().exists() {
+                bail!("not initialised: run `bitcloud init` before installing the service");
+            }
+            let mnt = mountpoint_of(&a)?;
+            std::fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
+            let exe = std::env::current_exe().context("finding this binary")?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&unit_path, unit_text(&exe, home))
+                .with_context(|| format!("writing {}", unit_path.display()))?;
+            let instance = format!("bitcloud-mount@{}.service", escape_path(&mnt));
+            println!("bitcloud: wrote {}", unit_path.display());
+            let run = !a.no_systemctl && user_manager_running();
+            println!("{} the service:", if run { "Starting" } else { "To start" });
+            systemctl(&["daemon-reload"], run)?;
+            systemctl(&["enable", "--now", &instance], run)?;
+            println!("Logs: journalctl --user -u {instance}   Status: bitcloud status");
+        }
+        ServiceAction::Uninstall(a) => {
+            let mnt = mountpoint_of(&a)?;
+            let instance = format!("bitcloud-mount@{}.service", escape_path(&mnt));
+            let run = !a.no_systemctl && user_manager_running();
+            println!("{} the service:", if run { "Stopping" } else { "To stop" });
+            systemctl(&["disable", "--now", &instance], run)?;
+            match std::fs::remove_file(&unit_path) {
+                Ok(()) => println!("bitcloud: removed {}", unit_path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("bitcloud: no unit file at {}", unit_path.display())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            systemctl(&["daemon-reload"], run)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_systemd_escape_path() {
+        assert_eq!(escape_path(Path::new("/home/ann/cloud")), "home-ann-cloud");
+        assert_eq!(
+            escape_path(Path::new("/home/ann/my cloud/")),
+            "home-ann-my\\x20cloud"
+        );
+        assert_eq!(
+            escape_path(Path::new("/.hidden/x-y")),
+            "\\x2ehidden-x\\x2dy"
+        );
+        assert_eq!(escape_path(Path::new("/")), "-");
+    }
+
+    #[test]
+    fn unit_points_at_this_binary_and_home() {
+        let t = unit_text(Path::new("/opt/bc"), Some(Path::new("/srv/h")));
+        assert!(
+            t.contains("ExecStart=/opt/bc --home /srv/h mount %f"),
+            "{t}"
+        );
+        assert!(t.contains("Type=notify"));
+    }
+}
