@@ -608,9 +608,13 @@ impl WriteTx {
     pub fn remove_gc(&mut self, ids: &[BlockId]) -> Result<()> {
         let mut gc = db!(self.txn.open_table(GC));
         let mut inline = db!(self.txn.open_table(INLINE));
+        let blocks = db!(self.txn.open_table(BLOCKS));
         for id in ids {
             db!(gc.remove(&id.0[..]));
-            db!(inline.remove(&id.0[..]));
+            // Re-referenced since it was chosen for collection: its inline bytes are live.
+            if db!(blocks.get(&id.0[..])).is_none() {
+                db!(inline.remove(&id.0[..]));
+            }
         }
         Ok(())
     }
@@ -639,6 +643,7 @@ mod tests {
             refcount: 0,
             plain_len: 10,
             sealed_len: 200,
+            header_hash: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The local block store: sealed (age-encrypted) blocks as content-addressed files under
 //! `blocks/xx/<block id hex>`.
 //!
-//! Writes are atomic: bytes go to a unique temp file, then `rename` into place, so a reader or
+//! Writes are atomic: bytes go to a unique temp file, which is then hard-linked into place
+//! (creating the name only if absent, so an existing block is never replaced), so a reader or
 //! a crash sees either no block or the whole block. Files are not fsynced one by one on the
 //! write path; the names written since the last [`BlockStore::sync_pending`] are remembered and
 //! synced (files, then their directories) right before the metadata store's durable commit, so
@@ -80,11 +81,13 @@ impl BlockStore {
         self.path_of(id).exists()
     }
 
-    /// Stores a sealed block atomically. Storing an existing id is a no-op.
-    pub fn put(&self, id: &BlockId, sealed: &[u8]) -> Result<(), StoreError> {
+    /// Stores a sealed block atomically, never replacing an existing file (two sealers of
+    /// the same id race harmlessly: the first file stays). Returns the header hash (see
+    /// `pipeline::seal::header_hash`) of the file that is on disk afterwards.
+    pub fn put(&self, id: &BlockId, sealed: &[u8]) -> Result<Option<[u8; 32]>, StoreError> {
         let path = self.path_of(id);
         if path.exists() {
-            return Ok(());
+            return self.header_hash_of(&path);
         }
         let dir = path.parent().expect("block paths have a fan-out directory");
         if !dir.exists() {
@@ -95,14 +98,38 @@ impl BlockStore {
             .root
             .join("tmp")
             .join(format!("{}.{}.{n}", id.short(), std::process::id()));
-        let guard = DeleteOnDrop(Some(tmp.clone()));
+        let _guard = DeleteOnDrop(Some(tmp.clone()));
         let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
         f.write_all(sealed).map_err(|e| io_err(&tmp, e))?;
         drop(f);
-        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-        guard.disarm();
-        self.pending_sync.lock().push(path);
-        Ok(())
+        // hard_link creates the name only if it does not exist: atomic "put if absent".
+        match fs::hard_link(&tmp, &path) {
+            Ok(()) => {
+                self.pending_sync.lock().push(path);
+                Ok(crate::pipeline::seal::header_hash(sealed))
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.header_hash_of(&path),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    fn header_hash_of(&self, path: &Path) -> Result<Option<[u8; 32]>, StoreError> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(4096);
+        let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+        f.take(4096)
+            .read_to_end(&mut head)
+            .map_err(|e| io_err(path, e))?;
+        Ok(crate::pipeline::seal::header_hash(&head))
+    }
+
+    /// Opens a sealed block for reading a range of it.
+    pub fn open_file(&self, id: &BlockId) -> Result<fs::File, StoreError> {
+        let path = self.path_of(id);
+        fs::File::open(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StoreError::Missing(*id),
+            _ => io_err(&path, e),
+        })
     }
 
     /// Reads a sealed block (unverified: pass it through `pipeline::seal::open`).
@@ -204,14 +231,9 @@ impl BlockStore {
     }
 }
 
-/// Removes a temp file unless disarmed (the write failed half-way).
+/// Removes a temp file when dropped: after it was linked into place, or when the write
+/// failed half-way.
 struct DeleteOnDrop(Option<PathBuf>);
-
-impl DeleteOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
 
 impl Drop for DeleteOnDrop {
     fn drop(&mut self) {

@@ -110,6 +110,9 @@ pub struct Volume {
     data_dir: std::path::PathBuf,
     /// Background prefetches running now.
     prefetching: std::sync::atomic::AtomicUsize,
+    /// Block ids being sealed and not yet committed: garbage collection must not delete
+    /// their files (a seal may have found the file present and counted on it).
+    pins: file::Pins,
     /// This volume, for work handed to background threads.
     me: std::sync::Weak<Volume>,
 }
@@ -175,6 +178,7 @@ impl Volume {
             needs_checkpoint: AtomicBool::new(false),
             data_dir: data_dir.to_path_buf(),
             prefetching: std::sync::atomic::AtomicUsize::new(0),
+            pins: file::Pins::default(),
             me: weak.clone(),
         });
         let recovery = volume.recover()?;
@@ -245,14 +249,28 @@ impl Volume {
             if ids.is_empty() {
                 break;
             }
-            for id in &ids {
-                self.store.delete(id)?;
-                self.cache.forget(id);
+            // Under the pins lock: a seal that pins an id after this sees the file gone and
+            // writes it again; one pinned before keeps its file.
+            let deleted: Vec<_> = {
+                let pins = self.pins.lock();
+                let mut deleted = Vec::with_capacity(ids.len());
+                for id in ids.iter().filter(|id| !pins.contains_key(id)) {
+                    self.store.delete(id)?;
+                    self.cache.forget(id);
+                    deleted.push(*id);
+                }
+                deleted
+            };
+            if deleted.is_empty() {
+                break;
             }
             let mut tx = self.meta.write()?;
-            tx.remove_gc(&ids)?;
+            tx.remove_gc(&deleted)?;
             tx.commit()?;
-            freed += ids.len() as u64;
+            freed += deleted.len() as u64;
+            if deleted.len() < ids.len() {
+                break; // the rest are pinned: next checkpoint
+            }
         }
         Ok(freed)
     }

@@ -244,34 +244,61 @@ pub struct BlockRecord {
     pub refcount: u64,
     pub plain_len: u32,
     pub sealed_len: u32,
+    /// `blake3` of the sealed block's age header and payload nonce: pins the file key, so a
+    /// single 64 KiB chunk can be decrypted and trusted without reading the whole block.
+    /// `None` for records written before version 2.
+    pub header_hash: Option<[u8; 32]>,
 }
 
 const BLOCK_V1: u8 = 1;
+const BLOCK_V2: u8 = 2;
 
 impl BlockRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(17);
-        out.push(BLOCK_V1);
+        let mut out = Vec::with_capacity(50);
+        out.push(BLOCK_V2);
         out.extend_from_slice(&self.refcount.to_le_bytes());
         out.extend_from_slice(&self.plain_len.to_le_bytes());
         out.extend_from_slice(&self.sealed_len.to_le_bytes());
+        match &self.header_hash {
+            Some(h) => {
+                out.push(1);
+                out.extend_from_slice(h);
+            }
+            None => out.push(0),
+        }
         out
     }
 
+    /// Decodes version 2, and version 1 (no header hash).
     pub fn decode(b: &[u8]) -> Result<BlockRecord, DecodeError> {
         let version = b.first().copied().unwrap_or(0);
-        if version != BLOCK_V1 || b.len() != 17 {
-            return Err(DecodeError {
-                what: "block record",
-                version,
-            });
+        let err = DecodeError {
+            what: "block record",
+            version,
+        };
+        let ok_len = match version {
+            BLOCK_V1 => b.len() == 17,
+            BLOCK_V2 => b.len() == 18 || b.len() == 50,
+            _ => false,
+        };
+        if !ok_len {
+            return Err(err);
         }
         let mut c = Cursor { b: &b[1..] };
-        Ok(BlockRecord {
+        let mut r = BlockRecord {
             refcount: c.u64(),
             plain_len: c.u32(),
             sealed_len: c.u32(),
-        })
+            header_hash: None,
+        };
+        if version == BLOCK_V2 && c.u8() == 1 {
+            if b.len() != 50 {
+                return Err(err);
+            }
+            r.header_hash = Some(c.take());
+        }
+        Ok(r)
     }
 }
 
@@ -387,11 +414,20 @@ mod tests {
             sealed_name: b"xyz".to_vec(),
         };
         assert_eq!(Dirent::decode(&d.encode()).unwrap(), d);
-        let r = BlockRecord {
+        let mut r = BlockRecord {
             refcount: 2,
             plain_len: 4096,
             sealed_len: 4300,
+            header_hash: None,
         };
         assert_eq!(BlockRecord::decode(&r.encode()).unwrap(), r);
+        r.header_hash = Some([7; 32]);
+        assert_eq!(BlockRecord::decode(&r.encode()).unwrap(), r);
+        // Version 1 records (no header hash) still decode.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        v1.extend_from_slice(&4096u32.to_le_bytes());
+        v1.extend_from_slice(&4300u32.to_le_bytes());
+        assert_eq!(BlockRecord::decode(&v1).unwrap().header_hash, None);
     }
 }

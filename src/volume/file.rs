@@ -43,6 +43,48 @@ pub(super) struct SealedBlock {
     record: BlockRecord,
     /// Sealed bytes to store in the database (small blocks), or `None` if already stored.
     inline: Option<Vec<u8>>,
+    _pin: PinGuard,
+}
+
+/// Reads of at most this many bytes within one block decrypt only the chunks they cover.
+const PARTIAL_READ_MAX: usize = 64 * 1024;
+
+type PinMap = Arc<Mutex<std::collections::HashMap<BlockId, usize>>>;
+
+/// Block ids being sealed and not yet committed (see `Volume::pins`).
+#[derive(Default)]
+pub(super) struct Pins(PinMap);
+
+impl Pins {
+    pub(super) fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<BlockId, usize>> {
+        self.0.lock()
+    }
+
+    fn pin(&self, id: BlockId) -> PinGuard {
+        *self.0.lock().entry(id).or_default() += 1;
+        PinGuard {
+            pins: self.0.clone(),
+            id,
+        }
+    }
+}
+
+/// Unpins its block id when dropped.
+pub(super) struct PinGuard {
+    pins: PinMap,
+    id: BlockId,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Background block decryptions allowed at once (see `Volume::prefetch`).
@@ -291,7 +333,20 @@ impl Volume {
         for (index, source) in sources {
             let data = match source {
                 Source::Dirty(d) => d,
-                Source::Stored(id) => self.load_block(ino, index, id)?,
+                Source::Stored(id) => {
+                    let bstart = index * bs;
+                    let (from, to) = (offset.max(bstart), end.min(bstart + bs));
+                    if to - from <= PARTIAL_READ_MAX as u64
+                        && !self.cache.contains(&id)
+                        && let Some(part) =
+                            self.read_partial(ino, index, id, from - bstart, (to - from) as usize)?
+                    {
+                        let dst = (from - offset) as usize;
+                        out[dst..dst + part.len()].copy_from_slice(&part);
+                        continue;
+                    }
+                    self.load_block(ino, index, id)?
+                }
                 Source::Hole => continue,
             };
             let bstart = index * bs;
@@ -303,6 +358,41 @@ impl Volume {
             }
         }
         Ok(out)
+    }
+
+    /// Decrypts only `len` bytes at `offset` of a stored block, for small random reads (a
+    /// whole-block decrypt per 4 KiB read capped random reads at ~700 IOPS). `None` when the
+    /// block cannot be read in part (inline, or recorded before header hashes existed).
+    fn read_partial(
+        &self,
+        ino: InodeNo,
+        index: u64,
+        id: BlockId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(header) = self
+            .meta
+            .read()?
+            .block_record(&id)?
+            .and_then(|r| r.header_hash)
+        else {
+            return Ok(None);
+        };
+        let corrupt = |why: String| VolumeError::Corrupt {
+            ino,
+            index,
+            block: id,
+            why,
+        };
+        let file = self
+            .store
+            .open_file(&id)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+        seal::open_range(&self.keys.identity, &header, reader, offset, len)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
     }
 
     /// Loads, decrypts and verifies a stored block (through the cache).
@@ -482,35 +572,41 @@ impl Volume {
             return Ok(None);
         }
         let id = block_id(&self.keys.dedup, plain);
+        // Pinned until committed or dropped: gc leaves this id's file alone meanwhile.
+        let pin = self.pins.pin(id);
         let known = {
             let tx = self.meta.read()?;
             match tx.block_record(&id)? {
-                Some(r) if tx.inline_block(&id)?.is_some() || self.store.contains(&id) => {
-                    Some(r.sealed_len)
-                }
+                Some(r) if tx.inline_block(&id)?.is_some() || self.store.contains(&id) => Some(r),
                 _ => None,
             }
         };
-        let (sealed_len, inline) = match known {
-            Some(len) => (len, None),
+        let (record, inline) = match known {
+            Some(r) => (BlockRecord { refcount: 0, ..r }, None),
             None => {
                 let sealed = seal::seal(&self.keys.recipient, plain)
                     .map_err(|e| VolumeError::Seal(e.to_string()))?;
-                let len = sealed.len() as u32;
+                let mut record = BlockRecord {
+                    refcount: 0,
+                    plain_len: plain.len() as u32,
+                    sealed_len: sealed.len() as u32,
+                    header_hash: None,
+                };
                 if plain.len() <= INLINE_MAX {
-                    (len, Some(sealed))
+                    (record, Some(sealed))
                 } else {
-                    self.store.put(&id, &sealed)?;
-                    (len, None)
+                    // The header of the file on disk, which may be another sealer's.
+                    record.header_hash = self.store.put(&id, &sealed)?;
+                    (record, None)
                 }
             }
         };
-        let record = BlockRecord {
-            refcount: 0,
-            plain_len: plain.len() as u32,
-            sealed_len,
-        };
-        Ok(Some(SealedBlock { id, record, inline }))
+        Ok(Some(SealedBlock {
+            id,
+            record,
+            inline,
+            _pin: pin,
+        }))
     }
 
     /// Points slot (`ino`, `index`) at `block` in `tx`, storing inline bytes with it.
