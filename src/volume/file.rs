@@ -517,51 +517,45 @@ impl Volume {
             st.ctime = now;
             st.attr_dirty = true;
         }
-        for (index, seq, data) in jobs {
-            let job = SealJob {
+        let jobs = jobs
+            .into_iter()
+            .map(|(index, seq, data)| SealJob {
                 file: file.clone(),
                 index,
                 seq,
                 data,
-            };
-            if let Err(job) = self.sealer.submit(job) {
-                let r = self.seal_block(&job.data);
-                self.finish_seal(job, r);
-            }
-        }
+            })
+            .collect();
+        self.dispatch(jobs, false);
         // Bound memory: wait while this file holds too many dirty blocks.
         let limit = max_dirty_blocks(bs);
         let mut st = file.lock();
         if st.dirty.len() > limit {
-            let extra: Vec<(u64, u64, Arc<Vec<u8>>)> = st
-                .dirty
-                .iter_mut()
-                .filter(|(_, d)| !d.queued)
-                .map(|(i, d)| {
-                    d.queued = true;
-                    (*i, d.seq, d.data.clone())
-                })
-                .collect();
-            st.in_flight += extra.len();
+            let extra = queue_unqueued(&file, &mut st);
             drop(st);
-            for (index, seq, data) in extra {
-                let job = SealJob {
-                    file: file.clone(),
-                    index,
-                    seq,
-                    data,
-                };
-                if let Err(job) = self.sealer.submit(job) {
-                    let r = self.seal_block(&job.data);
-                    self.finish_seal(job, r);
-                }
-            }
+            self.dispatch(extra, false);
             st = file.lock();
             while st.dirty.len() > limit && st.in_flight > 0 {
                 file.changed.wait(&mut st);
             }
         }
         Ok(data.len())
+    }
+
+    /// Hands jobs to the sealer threads; seals here any the sealer refuses (stopping), or all
+    /// of them when `inline`.
+    fn dispatch(&self, jobs: Vec<SealJob>, inline: bool) {
+        for job in jobs {
+            let refused = if inline {
+                Err(job)
+            } else {
+                self.sealer.submit(job)
+            };
+            if let Err(job) = refused {
+                let r = self.seal_block(&job.data);
+                self.finish_seal(job, r);
+            }
+        }
     }
 
     /// Hashes, encrypts and stores one plaintext block. `None` for an all-zero block: it
@@ -692,21 +686,7 @@ impl Volume {
             if let Some(e) = st.error.take() {
                 return Err(e);
             }
-            let jobs: Vec<SealJob> = st
-                .dirty
-                .iter_mut()
-                .filter(|(_, d)| !d.queued)
-                .map(|(i, d)| {
-                    d.queued = true;
-                    SealJob {
-                        file: file.clone(),
-                        index: *i,
-                        seq: d.seq,
-                        data: d.data.clone(),
-                    }
-                })
-                .collect();
-            st.in_flight += jobs.len();
+            let jobs = queue_unqueued(&file, &mut st);
             if jobs.is_empty() {
                 while st.in_flight > 0 {
                     file.changed.wait(&mut st);
@@ -732,18 +712,9 @@ impl Volume {
                 return Ok(());
             }
             drop(st);
-            let single = jobs.len() == 1;
-            for job in jobs {
-                let job = if single {
-                    Err(job)
-                } else {
-                    self.sealer.submit(job)
-                };
-                if let Err(job) = job {
-                    let r = self.seal_block(&job.data);
-                    self.finish_seal(job, r);
-                }
-            }
+            // One block (a small file's close): sealing here beats a thread hand-off.
+            let inline = jobs.len() == 1;
+            self.dispatch(jobs, inline);
         }
     }
 
@@ -855,6 +826,27 @@ impl Volume {
         self.mark_dirty();
         Ok(())
     }
+}
+
+/// Marks every dirty block of a locked file that no sealer has yet as queued, counts them in
+/// flight, and returns their jobs.
+fn queue_unqueued(file: &Arc<OpenFile>, st: &mut FileState) -> Vec<SealJob> {
+    let jobs: Vec<SealJob> = st
+        .dirty
+        .iter_mut()
+        .filter(|(_, d)| !d.queued)
+        .map(|(i, d)| {
+            d.queued = true;
+            SealJob {
+                file: file.clone(),
+                index: *i,
+                seq: d.seq,
+                data: d.data.clone(),
+            }
+        })
+        .collect();
+    st.in_flight += jobs.len();
+    jobs
 }
 
 /// Whether every byte is zero (compares 64 bytes at a time: a byte loop was visible in
