@@ -80,6 +80,15 @@ fn kill_9_during_writes_keeps_fsynced_files() {
         &mnt,
         "echo after > after && test \"$(cat after)\" = after && ls -la >/dev/null",
     );
+    // fsck through the running mount finds nothing wrong after the crash.
+    let out = bitcloud(&m.home, &["fsck"]);
+    assert!(
+        out.status.success(),
+        "fsck after kill -9: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("through the running mount"));
     m.stop();
     let out = bitcloud(&m.home, &["status", "--json"]);
     assert!(
@@ -124,6 +133,34 @@ fn damaged_and_missing_blocks_are_eio_for_that_file_only() {
         log.contains("unreadable") && log.contains("block"),
         "no log line naming the block:\n{log}"
     );
+
+    // fsck, through the mount: exit 4, both files named, plain progress lines on stderr.
+    let out = bitcloud(&m.home, &["fsck"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{report}\n{progress}");
+    assert!(
+        report.contains("/damaged (bytes 0 ..)") && report.contains("/deleted (bytes 0 ..)"),
+        "{report}"
+    );
+    assert!(progress.contains("bitcloud: fsck data: 100%"), "{progress}");
+    assert!(!progress.contains('\r'), "no terminal: plain lines only");
+
+    // Offline, as JSON: the same two problems, not repairable here even with --repair.
+    m.stop();
+    let out = bitcloud(&m.home, &["fsck", "--repair", "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["online"], false);
+    let mut kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["damaged_block", "missing_block"]);
+    m.start();
 }
 
 /// "The home disk full is ENOSPC to the writer, and the volume stays consistent."

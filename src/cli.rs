@@ -1,12 +1,16 @@
 //! The command line (clap). One file per subcommand under `cli/`; this file holds the argument
 //! definitions and dispatch. Errors here are `anyhow` with context, printed by `main`.
 //!
-//! Exit codes: 0 success; 1 any failure (the message names it); 2 bad usage (from clap).
+//! Exit codes: 0 success; 1 any failure (the message names it); 2 bad usage (from clap); 4
+//! `fsck` found problems it left. A command that must exit with a code other than 1 without
+//! printing an error returns [`ExitStatus`].
 
 mod completions;
+mod fsck;
 mod init;
 mod mount;
 mod passphrase;
+mod progress;
 pub mod service;
 mod status;
 mod umount;
@@ -44,6 +48,9 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Show the volume: files, bytes, dedup savings, blocks by state.
     Status(status::StatusArgs),
+    /// Verify every inode, name and block of the volume (mounted or not); --repair fixes what
+    /// can be fixed.
+    Fsck(fsck::FsckArgs),
     /// Install or remove the systemd user service that keeps the volume mounted.
     Service(service::ServiceArgs),
     /// Show the mount service's log from the journal (journalctl --user).
@@ -61,6 +68,7 @@ Exit status:
   1  failure: the message on stderr names the problem (not initialised, mountpoint missing
      or busy, already mounted, wrong passphrase, bad config.toml key or value, ...)
   2  bad usage (unknown command or option)
+  4  fsck: problems found and left (not repairable here, or --repair not given)
 
 Files (with --home DIR everything is under DIR; otherwise the XDG directories):
   ~/.config/bitcloud/identity.age   the identity: the one secret, keep a copy
@@ -68,6 +76,11 @@ Files (with --home DIR everything is under DIR; otherwise the XDG directories):
   ~/.local/share/bitcloud/volume/   metadata database and encrypted blocks
 
 Signals (mount): SIGINT/SIGTERM unmount cleanly; SIGHUP re-reads config.toml.";
+
+/// An exit with this status and no error message (the command printed its own output).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitStatus(pub i32);
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -77,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount::run(&paths, a),
         Command::Umount(a) => umount::run(&paths, a),
         Command::Status(a) => status::run(&paths, a),
+        Command::Fsck(a) => fsck::run(&paths, a),
         Command::Service(a) => service::run(&paths, cli.home.as_deref(), a),
         Command::Logs(a) => logs(a),
         Command::Completions(a) => completions::completions(a),

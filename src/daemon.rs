@@ -226,9 +226,23 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     ))?;
     tracing::info!(target: "bitcloud::daemon", reason, "stopping");
     notify::notify("STOPPING=1");
+    let pending = volume.pending_bytes();
+    let flushing = std::time::Instant::now();
+    if pending > 0 {
+        eprintln!(
+            "bitcloud: writing {} of buffered data to disk before exiting",
+            crate::units::bytes(pending)
+        );
+    }
     volume
         .shutdown()
         .context("flushing the volume at unmount")?;
+    if pending > 0 {
+        eprintln!(
+            "bitcloud: buffered data on disk after {:.1} s",
+            flushing.elapsed().as_secs_f64()
+        );
+    }
     let _ = std::fs::remove_file(paths.control_socket());
     eprintln!("bitcloud: unmounted {}", mountpoint.display());
     Ok(())

@@ -13,6 +13,7 @@
 //! - [`keys`]: the identity file and every key derived from it.
 //! - [`config`]: paths (XDG or `--home`) and `config.toml`.
 //! - [`ids`]: id newtypes.
+//! - [`units`]: byte sizes, rates and durations for people.
 
 pub mod cli;
 pub mod config;
@@ -24,4 +25,5 @@ pub mod meta;
 pub mod names;
 pub mod pipeline;
 pub mod store;
+pub mod units;
 pub mod volume;

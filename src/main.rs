@@ -21,6 +21,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = bitcloud::cli::run(cli) {
+        if let Some(status) = e.downcast_ref::<bitcloud::cli::ExitStatus>() {
+            std::process::exit(status.0);
+        }
         eprintln!("bitcloud: error: {e}");
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");

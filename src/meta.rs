@@ -66,6 +66,9 @@ macro_rules! db {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+mod scan;
+pub use scan::TableSizes;
+
 /// Volume-wide parameters stored in the superblock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Superblock {

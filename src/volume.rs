@@ -10,11 +10,13 @@
 //! a write transaction.
 //!
 //! Submodules: `namespace` (names and links), `file` (open files, reads, writes, truncation),
-//! `sealer` (background sealing threads), `xattr`, `cache` (decrypted block cache).
+//! `sealer` (background sealing threads), `xattr`, `cache` (decrypted block cache), `fsck`
+//! (the end-to-end check and its repairs).
 
 mod cache;
 pub mod error;
 mod file;
+pub mod fsck;
 mod namespace;
 mod sealer;
 mod xattr;
@@ -402,6 +404,15 @@ impl Volume {
             files: u64::from(u32::MAX),
             files_free: u64::from(u32::MAX) / 2,
         })
+    }
+
+    /// Bytes written to the volume that are not yet durable on this machine's disk: still in
+    /// write buffers, or in block files not yet fsynced. Zero after a checkpoint with no
+    /// writes since. (With the nodepool this is where "not yet at full redundancy" goes.)
+    pub fn pending_bytes(&self) -> u64 {
+        let open: Vec<_> = self.files.lock().values().cloned().collect();
+        let unsealed: u64 = open.iter().map(|f| f.unsealed_bytes()).sum();
+        unsealed + self.store.unsynced_bytes()
     }
 
     /// Totals for `bitcloud status`.

@@ -7,7 +7,6 @@ use clap::Args;
 
 use crate::config::{Config, Paths};
 use crate::daemon::{MountRequest, run_mount};
-use crate::keys::{self, KeyError, VolumeKeys};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -53,21 +52,13 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     config
         .validate(&paths.config_file())
         .context("checking the command-line overrides")?;
-    let mut pass = super::passphrase::given(args.passphrase_file.as_deref())?;
-    if pass.is_none() && keys::is_protected(&identity)? {
-        pass = super::passphrase::prompt("Passphrase for the bitcloud identity: ")?;
-    }
-    let id = match keys::load_identity(&identity, pass.as_ref()) {
-        Ok(id) => id,
-        Err(e @ KeyError::WrongPassphrase { .. }) => bail!(e),
-        Err(e) => return Err(e.into()),
-    };
+    let keys = super::passphrase::load_keys(&identity, args.passphrase_file.as_deref())?;
     run_mount(
         paths,
         MountRequest {
             mountpoint: args.mountpoint,
             options: args.options,
-            keys: VolumeKeys::derive(id),
+            keys,
             config,
         },
     )

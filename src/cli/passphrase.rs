@@ -7,6 +7,24 @@ use std::path::Path;
 use age::secrecy::SecretString;
 use anyhow::{Context, Result, bail};
 
+/// Loads the identity at `identity` (asking for its passphrase if it is protected and none was
+/// given) and derives the volume keys.
+pub fn load_keys(
+    identity: &Path,
+    passphrase_file: Option<&Path>,
+) -> Result<crate::keys::VolumeKeys> {
+    use crate::keys::{self, KeyError, VolumeKeys};
+    let mut pass = given(passphrase_file)?;
+    if pass.is_none() && keys::is_protected(identity)? {
+        pass = prompt("Passphrase for the bitcloud identity: ")?;
+    }
+    match keys::load_identity(identity, pass.as_ref()) {
+        Ok(id) => Ok(VolumeKeys::derive(id)),
+        Err(e @ KeyError::WrongPassphrase { .. }) => bail!(e),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The passphrase from a file or the environment, if one was given.
 pub fn given(file: Option<&Path>) -> Result<Option<SecretString>> {
     if let Some(f) = file {

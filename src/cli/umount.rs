@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 
+use super::progress::Progress;
 use crate::config::Paths;
-use crate::daemon::{VolumeLock, mountpoint};
+use crate::daemon::status::StatusReport;
+use crate::daemon::{VolumeLock, control, mountpoint};
 
 #[derive(Debug, Args)]
 pub struct UmountArgs {
@@ -17,6 +19,14 @@ pub struct UmountArgs {
     /// Seconds to wait for the mount process to finish writing after the unmount.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+}
+
+/// What the mount still has to write, if it answers.
+fn pending_bytes(paths: &Paths) -> Option<u64> {
+    let line = control::request(&paths.control_socket(), "status").ok()?;
+    serde_json::from_str::<StatusReport>(&line)
+        .ok()
+        .map(|r| r.pending_bytes)
 }
 
 pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
@@ -48,6 +58,8 @@ pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
     }
     let lock = paths.lock_file();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut progress = Progress::new("umount");
+    let mut first_pending = None;
     while VolumeLock::is_held(&lock) {
         if Instant::now() > deadline {
             bail!(
@@ -55,8 +67,24 @@ pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
                 args.timeout
             );
         }
+        // The mount answers `status` while it flushes: show how much is left.
+        if let Some(left) = pending_bytes(paths) {
+            let total = *first_pending.get_or_insert(left);
+            if total > 0 {
+                progress.update(
+                    "writing buffered data",
+                    total.saturating_sub(left),
+                    total,
+                    true,
+                );
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    if let Some(total) = first_pending.filter(|t| *t > 0) {
+        progress.update("writing buffered data", total, total, true);
+    }
+    progress.finish();
     println!("bitcloud: unmounted {}", canonical.display());
     Ok(())
 }

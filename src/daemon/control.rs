@@ -1,16 +1,21 @@
-//! The control socket: a Unix socket in the runtime directory through which `bitcloud status`
-//! and `bitcloud umount` talk to a running mount. One request line, one reply line (JSON).
-//! Requests: `status`, `umount`. The socket file is mode 0600: only the owner may talk to it.
+//! The control socket: a Unix socket in the runtime directory through which `bitcloud status`,
+//! `fsck` and `umount` talk to a running mount. One request line; replies are JSON lines.
+//! Requests: `status` and `umount` (one reply line), `fsck {options}` (`{"progress":..}` lines,
+//! then `{"report":..}` or `{"error":..}`). Each connection is served on its own thread, so a
+//! long fsck does not hold up `status`. The socket file is mode 0600: only the owner may talk
+//! to it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::status::StatusReport;
 use crate::volume::Volume;
+use crate::volume::fsck::{FsckOptions, FsckProgress};
 
 /// What the server needs to answer.
 pub struct ControlServer {
@@ -20,6 +25,16 @@ pub struct ControlServer {
     /// Called on an `umount` request.
     pub on_umount: Box<dyn Fn() + Send + Sync>,
 }
+
+/// What `fsck` asks of a running mount.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FsckRequest {
+    pub repair: bool,
+    pub verify_data: bool,
+}
+
+/// Set while an fsck runs in this process: one at a time.
+static FSCK_RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// Longest request accepted (bytes).
 const MAX_REQUEST: usize = 256;
@@ -49,8 +64,16 @@ impl ControlServer {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        if let Err(e) = server.serve(stream) {
-                            tracing::debug!(target: "bitcloud::control", error = %e, "control request failed");
+                        let server = server.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("bitcloud-control-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = server.serve(stream) {
+                                    tracing::debug!(target: "bitcloud::control", error = %e, "control request failed");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            tracing::warn!(target: "bitcloud::control", error = %e, "cannot serve a control connection");
                         }
                     }
                     Err(e) => tracing::warn!(target: "bitcloud::control", error = %e, "accept failed"),
@@ -73,6 +96,14 @@ impl ControlServer {
                 (self.on_umount)();
                 serde_json::json!({ "ok": true }).to_string()
             }
+            other if other.starts_with("fsck ") => {
+                match serde_json::from_str::<FsckRequest>(&other[5..]) {
+                    Ok(req) => self.fsck(&stream, req),
+                    Err(e) => {
+                        serde_json::json!({ "error": format!("bad fsck request: {e}") }).to_string()
+                    }
+                }
+            }
             other => {
                 serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
             }
@@ -82,11 +113,43 @@ impl ControlServer {
         w.write_all(b"\n")
     }
 
+    /// Runs fsck on the mounted volume, streaming progress lines; returns the last line.
+    fn fsck(&self, stream: &UnixStream, req: FsckRequest) -> String {
+        if FSCK_RUNNING.swap(true, Ordering::SeqCst) {
+            return serde_json::json!({ "error": "an fsck of this volume is already running" })
+                .to_string();
+        }
+        let opts = FsckOptions {
+            verify_data: req.verify_data,
+            repair: req.repair,
+            online: true,
+        };
+        tracing::info!(target: "bitcloud::control", repair = req.repair, "fsck started");
+        let mut w = stream;
+        let mut send = |p: &FsckProgress| {
+            let line = serde_json::json!({ "progress": p }).to_string();
+            // A client that went away does not stop the check.
+            let _ = w
+                .write_all(line.as_bytes())
+                .and_then(|_| w.write_all(b"\n"));
+        };
+        let result = self.volume.fsck(opts, &mut send);
+        FSCK_RUNNING.store(false, Ordering::SeqCst);
+        match result {
+            Ok(report) => {
+                tracing::info!(target: "bitcloud::control", problems = report.problems.len(), left = report.unrepaired(), "fsck finished");
+                serde_json::json!({ "report": report }).to_string()
+            }
+            Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+        }
+    }
+
     fn status(&self) -> crate::volume::Result<StatusReport> {
         let mut r = StatusReport::from_counts(&self.volume.counts()?, self.volume.block_size());
         r.mounted = true;
         r.mountpoint = Some(self.mountpoint.display().to_string());
         r.pid = Some(std::process::id());
+        r.pending_bytes = self.volume.pending_bytes();
         Ok(r)
     }
 }
@@ -101,12 +164,39 @@ impl<R: std::io::Read> TakeLimited for R {}
 
 /// Sends one request to the control socket at `path` and returns the reply line.
 pub fn request(path: &Path, req: &str) -> std::io::Result<String> {
+    request_stream(path, req, |_| true)
+}
+
+/// Sends one request and reads reply lines, handing each to `more` until it returns false or
+/// the server closes; returns the last line. Each line must come within 30 s.
+pub fn request_stream(
+    path: &Path,
+    req: &str,
+    mut more: impl FnMut(&str) -> bool,
+) -> std::io::Result<String> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = &stream;
     w.write_all(req.as_bytes())?;
     w.write_all(b"\n")?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    Ok(line)
+    let mut reader = BufReader::new(&stream);
+    let mut last = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let keep_going = more(line.trim_end());
+        last = line;
+        if !keep_going {
+            break;
+        }
+    }
+    if last.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the mount closed the control connection without replying",
+        ));
+    }
+    Ok(last)
 }

@@ -158,6 +158,12 @@ impl OpenFile {
         !st.dirty.is_empty() || st.in_flight > 0 || st.attr_dirty
     }
 
+    /// Bytes of this file's data still only in memory (written, not yet sealed and stored).
+    pub(super) fn unsealed_bytes(&self) -> u64 {
+        let st = self.state.lock();
+        st.dirty.values().map(|d| d.data.len() as u64).sum()
+    }
+
     /// Shows size and times that are ahead of the database.
     pub(super) fn overlay(&self, inode: &mut Inode) {
         let st = self.state.lock();

@@ -38,6 +38,20 @@ fn encode(name_ct: &[u8], value_tag: &[u8; TAG_LEN], value_ct: &[u8]) -> Vec<u8>
     v
 }
 
+/// Whether a stored xattr record decodes and both its sealed name and value authenticate
+/// (for `fsck`).
+pub(super) fn authentic(
+    names: &crate::names::NameCipher,
+    ino: InodeNo,
+    tag: &[u8; TAG_LEN],
+    stored: &[u8],
+) -> bool {
+    decode(stored).is_ok_and(|(name_ct, vtag, vct)| {
+        names.open(Domain::XattrName, ino.0, tag, name_ct).is_ok()
+            && names.open(Domain::XattrValue, ino.0, &vtag, vct).is_ok()
+    })
+}
+
 fn decode(v: &[u8]) -> Result<(&[u8], [u8; TAG_LEN], &[u8])> {
     let bad = || VolumeError::Invalid("damaged xattr record");
     let n = u16::from_le_bytes(v.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
