@@ -9,17 +9,28 @@ fn main() {
     // SAFETY: mallopt only tunes the allocator; called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = bitcloud::cli::Cli::parse();
+    // fuser warns "Unmount failed: Invalid argument" at every clean stop: its session
+    // unmounts on drop, after the daemon already unmounted by path (see daemon.rs).
     let default = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser::mnt=error",
+        1 => "info,fuser::mnt=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    // Colour only on a terminal; under systemd (JOURNAL_STREAM set) the journal stamps each
+    // line itself, so ours would be noise.
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(2) } == 1 && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(tty);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
     if let Err(e) = bitcloud::cli::run(cli) {
         if let Some(status) = e.downcast_ref::<bitcloud::cli::ExitStatus>() {
             std::process::exit(status.0);
