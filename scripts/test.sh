@@ -5,7 +5,9 @@
 #   2. cargo nextest: unit tests, the model-based volume test, and mount-tests/ (real FUSE
 #      mounts used with cp, tar, rsync, git, sqlite3, dd ...)
 #   3. the Debian package: build, contents, systemd-analyze verify, install, remove
-#   4. pjdfstest (the POSIX filesystem test suite) against a real bitcloud mount
+#   4. the systemd user unit, run by a real `systemd --user` as an unprivileged user: service
+#      install, stop/start, restart after kill -9, uninstall (scripts/check-user-service.sh)
+#   5. pjdfstest (the POSIX filesystem test suite) against a real bitcloud mount
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +23,7 @@ cargo nextest run --locked --no-fail-fast
 echo "== packaging"
 cargo build --locked --bin bitcloud
 BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/check-packaging.sh
+echo "== systemd user service"
+BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/check-user-service.sh
 echo "== pjdfstest"
 BITCLOUD_SKIP_SETUP=1 BITCLOUD_BIN="$PWD/target/debug/bitcloud" bash scripts/pjdfstest.sh
