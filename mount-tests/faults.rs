@@ -255,3 +255,74 @@ fn sigterm_unmounts_cleanly() {
     m.start();
     assert_eq!(sh(&mnt, "sha256sum < data"), want);
 }
+
+/// Polls `done` every 20 ms until it holds; fails after 60 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn status_json(home: &Path) -> serde_json::Value {
+    let out = bitcloud(home, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// "Data written to a file that stays open, never closed or fsynced, is on disk within
+/// writeback_secs + checkpoint_secs, as with the kernel's dirty-page expiry: a kill -9 after
+/// that loses none of it."
+#[test]
+fn unsynced_writes_to_an_open_file_reach_disk_by_age() {
+    use std::io::BufRead;
+    let mut m = Mount::new();
+    m.stop();
+    std::fs::write(
+        m.home.join("config.toml"),
+        "[mount]\nwriteback_secs = 1\ncheckpoint_secs = 1\n",
+    )
+    .unwrap();
+    m.start();
+    let mnt = m.mnt.clone();
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import time\nf = open('held', 'wb')\nf.write(b'A' * 100000)\nf.seek(3 << 20)\n\
+             f.write(b'tail')\nf.flush()\nprint('written', flush=True)\ntime.sleep(600)\n",
+        )
+        .current_dir(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(writer.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    eventually("the open file's blocks to be sealed", || {
+        sh(&mnt, "getfattr --only-values -n user.bitcloud.state held") == "local"
+    });
+    let committed = status_json(&m.home)["committed_changes"].as_u64().unwrap();
+    eventually("a checkpoint covering them", || {
+        status_json(&m.home)["durable_changes"].as_u64().unwrap() >= committed
+    });
+    m.kill9();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    m.start();
+    sh(
+        &mnt,
+        "test $(stat -c %s held) = $(( (3 << 20) + 4 )) \
+         && test \"$(head -c 100000 held | tr -d A | wc -c)\" = 0 \
+         && test \"$(tail -c 4 held)\" = tail",
+    );
+}

@@ -108,6 +108,10 @@ pub struct MountConfig {
     pub checkpoint_secs: u64,
     /// FUSE request threads.
     pub fuse_threads: usize,
+    /// MiB of written data that may wait in memory to be sealed, for all open files together.
+    pub write_buffer_mib: u64,
+    /// Seconds after which a partly written block is sealed even if nobody flushes it.
+    pub writeback_secs: u64,
 }
 
 impl Default for MountConfig {
@@ -116,6 +120,8 @@ impl Default for MountConfig {
             seal_threads: 2,
             checkpoint_secs: 2,
             fuse_threads: 4,
+            write_buffer_mib: crate::volume::DEFAULT_WRITE_BUFFER >> 20,
+            writeback_secs: 30,
         }
     }
 }
@@ -133,6 +139,14 @@ seal_threads = 2
 checkpoint_secs = 2
 # Threads answering FUSE requests (1-64).
 fuse_threads = 4
+# MiB of written data that may wait in memory to be encrypted, all open files together
+# (16-65536). Random writes within this much data are patched in memory; beyond it they
+# read, re-encrypt and store whole blocks. SIGHUP applies a change at once.
+write_buffer_mib = 256
+# Seconds after which a partly written block is encrypted and stored even if the file is
+# not closed or fsynced (1-3600), as the kernel's dirty_expire does for disks: with the
+# checkpoint, the most a crash can lose of data never fsynced.
+writeback_secs = 30
 ";
 
 impl Config {
@@ -159,19 +173,33 @@ impl Config {
                 None => invalid(e.message().to_string()),
             }
         })?;
-        config.validate(path)?;
+        config
+            .check_ranges()
+            .map_err(|(key, message)| match line_of(text, key) {
+                Some(l) => invalid(format!("line {l}: {message}")),
+                None => invalid(message),
+            })?;
         Ok(config)
     }
 
     /// Checks every value's range; the error names the key.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.check_ranges()
+            .map_err(|(_, message)| ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+    }
+
+    /// The first value out of range, as (key, message).
+    fn check_ranges(&self) -> Result<(), (&'static str, String)> {
         let m = &self.mount;
-        let check = |key: &str, v: u64, lo: u64, hi: u64| {
+        let check = |key: &'static str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
-                Err(ConfigError::Invalid {
-                    path: path.into(),
-                    message: format!("mount.{key} = {v} is out of range {lo}..={hi}"),
-                })
+                Err((
+                    key,
+                    format!("mount.{key} = {v} is out of range {lo}..={hi}"),
+                ))
             } else {
                 Ok(())
             }
@@ -179,8 +207,21 @@ impl Config {
         check("seal_threads", m.seal_threads as u64, 1, 64)?;
         check("checkpoint_secs", m.checkpoint_secs, 1, 3600)?;
         check("fuse_threads", m.fuse_threads as u64, 1, 64)?;
+        check("write_buffer_mib", m.write_buffer_mib, 16, 65536)?;
+        check("writeback_secs", m.writeback_secs, 1, 3600)?;
         Ok(())
     }
+}
+
+/// The 1-based line of `text` that sets `key` (`key = ...`), if any.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -206,7 +247,16 @@ mod tests {
     #[test]
     fn out_of_range_value_is_named() {
         let e = Config::parse(Path::new("c.toml"), "[mount]\nseal_threads = 0\n").unwrap_err();
-        assert!(e.to_string().contains("mount.seal_threads"), "{e}");
+        assert!(
+            e.to_string().contains("line 2: mount.seal_threads = 0"),
+            "{e}"
+        );
+        let e =
+            Config::parse(Path::new("c.toml"), "[mount]\n\n write_buffer_mib  = 1\n").unwrap_err();
+        assert!(
+            e.to_string().contains("line 3: mount.write_buffer_mib = 1"),
+            "{e}"
+        );
         let e =
             Config::parse(Path::new("c.toml"), "[mount]\ncheckpoint_secs = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");

@@ -2,10 +2,12 @@
 //! checkpoints, the control socket, and an orderly stop.
 //!
 //! Loop of a running mount (tokio, current thread):
-//! 1. wait for SIGTERM / SIGINT (unmount), SIGHUP (config reload: logged, nothing hot-reloadable
-//!    yet), an `umount` request on the control socket, the FUSE session ending (someone ran
-//!    `fusermount3 -u`), or the checkpoint tick;
-//! 2. on the tick, make committed changes durable (`Volume::checkpoint`) off the loop thread;
+//! 1. wait for SIGTERM / SIGINT (unmount), SIGHUP (config reload: checkpoint interval, write
+//!    buffer and writeback age apply at once), an `umount` request on the control socket, the
+//!    FUSE session ending (someone ran `fusermount3 -u`), or the checkpoint tick;
+//! 2. on the tick, hand blocks dirty for longer than `writeback_secs` to the sealers
+//!    (`Volume::write_back`) and make committed changes durable (`Volume::checkpoint`), both
+//!    off the loop thread;
 //! 3. on a stop request, unmount (lazily if files are still open), wait for the session thread,
 //!    then flush every buffer and checkpoint (`Volume::shutdown`) before exiting.
 //!
@@ -171,6 +173,7 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     let (volume, recovery) =
         Volume::load(&paths.volume_dir(), req.keys, req.config.mount.seal_threads)
             .context("opening the volume")?;
+    volume.set_write_buffer(req.config.mount.write_buffer_mib << 20);
     if recovery.orphans_removed + recovery.stray_blocks_removed > 0 {
         tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
     }
@@ -272,19 +275,24 @@ async fn wait_for_stop(
             _ = int.recv() => break "SIGINT",
             Some(r) = stop_rx.recv() => break r,
             _ = hup.recv() => {
-                // Only the checkpoint interval can change while mounted; the thread counts
-                // apply at the next mount. A bad file is reported and the old values kept.
+                // The checkpoint interval, write buffer and writeback age change at once; the
+                // thread counts apply at the next mount. A bad file is reported and the old
+                // values kept.
                 match Config::load(&config_path) {
                     Ok(new) => {
                         if new.mount.checkpoint_secs != config.mount.checkpoint_secs {
                             tick = tokio::time::interval(Duration::from_secs(new.mount.checkpoint_secs));
                         }
+                        volume.set_write_buffer(new.mount.write_buffer_mib << 20);
                         if new.mount.seal_threads != config.mount.seal_threads
                             || new.mount.fuse_threads != config.mount.fuse_threads
                         {
                             tracing::warn!(target: "bitcloud::daemon", "SIGHUP: thread counts change at the next mount");
                         }
-                        eprintln!("bitcloud: SIGHUP: config reloaded (checkpoint every {} s)", new.mount.checkpoint_secs);
+                        eprintln!(
+                            "bitcloud: SIGHUP: config reloaded (checkpoint every {} s, write buffer {} MiB, writeback after {} s)",
+                            new.mount.checkpoint_secs, new.mount.write_buffer_mib, new.mount.writeback_secs
+                        );
                         config = new;
                     }
                     Err(e) => eprintln!("bitcloud: SIGHUP: config not reloaded, keeping the old one: {e}"),
@@ -297,6 +305,11 @@ async fn wait_for_stop(
                 return Ok("unmounted externally");
             }
             _ = tick.tick() => {
+                // Partly written blocks older than writeback_secs go to the sealers; their
+                // commits are made durable by this or the next checkpoint.
+                let age = Duration::from_secs(config.mount.writeback_secs);
+                let v = volume.clone();
+                let _ = tokio::task::spawn_blocking(move || v.write_back(age)).await;
                 if volume.needs_checkpoint() {
                     let v = volume.clone();
                     let r = tokio::task::spawn_blocking(move || v.checkpoint()).await;

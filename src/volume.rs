@@ -10,10 +10,11 @@
 //! a write transaction.
 //!
 //! Submodules: `namespace` (names and links), `file` (open files, reads, writes, truncation),
-//! `sealer` (background sealing threads), `xattr`, `cache` (decrypted block cache), `fsck`
-//! (the end-to-end check and its repairs).
+//! `dirty` (the write buffer and its budget), `sealer` (background sealing threads), `xattr`,
+//! `cache` (decrypted block cache), `fsck` (the end-to-end check and its repairs).
 
 mod cache;
+mod dirty;
 pub mod error;
 mod file;
 pub mod fsck;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+pub use dirty::DEFAULT_WRITE_BUFFER;
 pub use error::{Result, VolumeError};
 pub use file::OpenFlags;
 pub use namespace::{DirEntry, NewNode, RenameMode};
@@ -115,6 +117,11 @@ pub struct Volume {
     /// Block ids being sealed and not yet committed: garbage collection must not delete
     /// their files (a seal may have found the file present and counted on it).
     pins: file::Pins,
+    /// Metadata commits so far, and how many of them are known durable (`commit_counts`).
+    commits: AtomicU64,
+    durable_commits: AtomicU64,
+    /// Memory for dirty blocks of all open files (see `dirty`).
+    write_budget: Arc<dirty::WriteBudget>,
     /// This volume, for work handed to background threads.
     me: std::sync::Weak<Volume>,
 }
@@ -181,6 +188,9 @@ impl Volume {
             data_dir: data_dir.to_path_buf(),
             prefetching: std::sync::atomic::AtomicUsize::new(0),
             pins: file::Pins::default(),
+            commits: AtomicU64::new(0),
+            durable_commits: AtomicU64::new(0),
+            write_budget: Arc::new(dirty::WriteBudget::new(block_size, DEFAULT_WRITE_BUFFER)),
             me: weak.clone(),
         });
         let recovery = volume.recover()?;
@@ -209,6 +219,12 @@ impl Volume {
         Ok(rec)
     }
 
+    /// Sets how many bytes of written data may wait in memory for sealing (at least four
+    /// blocks' worth).
+    pub fn set_write_buffer(&self, bytes: u64) {
+        self.write_budget.set_limit(bytes.max(4 * self.block_size));
+    }
+
     /// The block size of this volume.
     pub fn block_size(&self) -> u64 {
         self.block_size
@@ -224,8 +240,19 @@ impl Volume {
         &self.store
     }
 
+    /// Called after every metadata commit.
     fn mark_dirty(&self) {
+        self.commits.fetch_add(1, Ordering::SeqCst);
         self.needs_checkpoint.store(true, Ordering::Relaxed);
+    }
+
+    /// (commits so far, commits known durable): when the second reaches a value the first had,
+    /// everything committed up to then is on disk.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::SeqCst),
+            self.durable_commits.load(Ordering::SeqCst),
+        )
     }
 
     /// Whether changes were committed since the last checkpoint.
@@ -236,9 +263,13 @@ impl Volume {
     /// Makes everything committed so far durable: block files first, then the metadata.
     /// Returns the gc epoch now covered. This is all `fsync` waits for.
     pub fn make_durable(&self) -> Result<u64> {
+        // Every commit counted so far has finished (the count follows the commit).
+        let upto = self.commits.load(Ordering::SeqCst);
         self.needs_checkpoint.store(false, Ordering::Relaxed);
         self.store.sync_pending()?;
-        Ok(self.meta.commit_durable()?)
+        let covered = self.meta.commit_durable()?;
+        self.durable_commits.fetch_max(upto, Ordering::SeqCst);
+        Ok(covered)
     }
 
     /// [`make_durable`](Self::make_durable), then frees blocks whose zero refcount is now

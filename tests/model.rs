@@ -42,6 +42,8 @@ enum Op {
         to: usize,
     },
     CloseAll,
+    /// The daemon's tick: seal every partly written block now.
+    WriteBack,
     Remount,
 }
 
@@ -56,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Rename { from, to }),
         1 => (name.clone(), name).prop_map(|(from, to)| Op::Link { from, to }),
         1 => Just(Op::CloseAll),
+        1 => Just(Op::WriteBack),
         1 => Just(Op::Remount),
     ]
 }
@@ -90,7 +93,11 @@ impl Harness {
 
     fn load(path: &std::path::Path, identity: &str) -> Arc<Volume> {
         let id = age::x25519::Identity::from_str(identity).unwrap();
-        Volume::load(path, VolumeKeys::derive(id), 2).unwrap().0
+        let v = Volume::load(path, VolumeKeys::derive(id), 2).unwrap().0;
+        // The smallest write buffer (four blocks): writes of up to 200 KB to several open
+        // files keep it full, so the budget's backpressure runs all the time.
+        v.set_write_buffer(0);
+        v
     }
 
     fn v(&self) -> &Arc<Volume> {
@@ -218,6 +225,9 @@ impl Harness {
                 for fh in std::mem::take(&mut self.open) {
                     self.v().release(fh).unwrap();
                 }
+            }
+            Op::WriteBack => {
+                self.v().write_back(std::time::Duration::ZERO);
             }
             Op::Remount => {
                 for fh in std::mem::take(&mut self.open) {

@@ -34,6 +34,14 @@ pub struct MountArgs {
     /// Overrides mount.fuse_threads from config.toml.
     #[arg(long, value_name = "N")]
     pub fuse_threads: Option<usize>,
+
+    /// Overrides mount.write_buffer_mib from config.toml.
+    #[arg(long, value_name = "MIB")]
+    pub write_buffer_mib: Option<u64>,
+
+    /// Overrides mount.writeback_secs from config.toml.
+    #[arg(long, value_name = "SECONDS")]
+    pub writeback_secs: Option<u64>,
 }
 
 pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
@@ -49,6 +57,8 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     m.seal_threads = args.seal_threads.unwrap_or(m.seal_threads);
     m.checkpoint_secs = args.checkpoint_secs.unwrap_or(m.checkpoint_secs);
     m.fuse_threads = args.fuse_threads.unwrap_or(m.fuse_threads);
+    m.write_buffer_mib = args.write_buffer_mib.unwrap_or(m.write_buffer_mib);
+    m.writeback_secs = args.writeback_secs.unwrap_or(m.writeback_secs);
     config
         .validate(&paths.config_file())
         .context("checking the command-line overrides")?;

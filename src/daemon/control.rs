@@ -150,6 +150,7 @@ impl ControlServer {
         r.mountpoint = Some(self.mountpoint.display().to_string());
         r.pid = Some(std::process::id());
         r.pending_bytes = self.volume.pending_bytes();
+        (r.committed_changes, r.durable_changes) = self.volume.commit_counts();
         Ok(r)
     }
 }

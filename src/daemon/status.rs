@@ -40,6 +40,13 @@ pub struct StatusReport {
     /// first published, hence the default.
     #[serde(default)]
     pub pending_bytes: u64,
+    /// Metadata changes committed since the mount started, and how many of them are durable:
+    /// once `durable_changes` reaches a value `committed_changes` had, everything committed
+    /// up to then survives a crash. Both 0 when not mounted.
+    #[serde(default)]
+    pub committed_changes: u64,
+    #[serde(default)]
+    pub durable_changes: u64,
 }
 
 /// Blocks by state.
@@ -74,6 +81,8 @@ impl StatusReport {
             },
             redundancy: "local only: no peers configured (single-node mode)".into(),
             pending_bytes: 0,
+            committed_changes: 0,
+            durable_changes: 0,
         }
     }
 

@@ -5,8 +5,8 @@
 //! the metadata database, plus *dirty blocks*: plaintext blocks that differ from what the block
 //! map says. Writes patch dirty blocks in memory (a block not yet dirty is read in first when
 //! the write covers it only partly). A block written to its end is handed to the sealer at
-//! once; the rest are sealed at flush. Memory is bounded per file ([`max_dirty_blocks`]):
-//! a writer that gets ahead waits for sealing to catch up.
+//! once; the rest are sealed at flush, by age (`write_back`), or when the volume's write
+//! budget is exceeded, in which case the writer waits for sealing to catch up (see `dirty`).
 //!
 //! Each dirty block carries a sequence number. A finished seal commits only if its block is
 //! still the current version (a later write bumps the number), so out-of-order completion can
@@ -16,9 +16,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::dirty::{Dirty, DirtyBlocks};
 use super::sealer::SealJob;
 use super::{Result, Volume, VolumeError};
 use crate::ids::{BlockId, InodeNo};
@@ -92,27 +94,13 @@ const MAX_PREFETCH: usize = 2;
 /// How many blocks past a sequential read are decrypted ahead of it.
 const PREFETCH_AHEAD: u64 = 3;
 
-/// Dirty bytes allowed per open file before writers wait for sealing.
-const DIRTY_BYTES_PER_FILE: u64 = 32 << 20;
-
-fn max_dirty_blocks(block_size: u64) -> usize {
-    (DIRTY_BYTES_PER_FILE / block_size).max(4) as usize
-}
-
-struct Dirty {
-    data: Arc<Vec<u8>>,
-    seq: u64,
-    /// Handed to a sealer and not written since.
-    queued: bool,
-}
-
 pub(super) struct FileState {
     size: u64,
     mtime: Timestamp,
     ctime: Timestamp,
     /// Size or times are ahead of the database.
     attr_dirty: bool,
-    dirty: BTreeMap<u64, Dirty>,
+    dirty: DirtyBlocks,
     in_flight: usize,
     next_seq: u64,
     /// A sealing failure not yet reported; the next flush or fsync returns it.
@@ -194,7 +182,7 @@ impl Volume {
                 mtime: inode.mtime,
                 ctime: inode.ctime,
                 attr_dirty: false,
-                dirty: BTreeMap::new(),
+                dirty: DirtyBlocks::new(self.write_budget.clone()),
                 in_flight: 0,
                 next_seq: 0,
                 error: None,
@@ -495,6 +483,7 @@ impl Volume {
                             data: Arc::new(base),
                             seq,
                             queued: false,
+                            since: Instant::now(),
                         },
                     );
                 }
@@ -503,6 +492,7 @@ impl Volume {
                 if d.queued {
                     d.queued = false;
                     d.seq = seq;
+                    d.since = Instant::now();
                 }
                 let buf = Arc::make_mut(&mut d.data);
                 if buf.len() < within + take {
@@ -533,15 +523,15 @@ impl Volume {
             })
             .collect();
         self.dispatch(jobs, false);
-        // Bound memory: wait while this file holds too many dirty blocks.
-        let limit = max_dirty_blocks(bs);
-        let mut st = file.lock();
-        if st.dirty.len() > limit {
+        // Bound memory: over the volume's write budget, this file's blocks go to the sealers
+        // and the writer waits for them (see `dirty`).
+        if self.write_budget.over() {
+            let mut st = file.lock();
             let extra = queue_unqueued(&file, &mut st);
             drop(st);
             self.dispatch(extra, false);
-            st = file.lock();
-            while st.dirty.len() > limit && st.in_flight > 0 {
+            let mut st = file.lock();
+            while self.write_budget.over() && st.in_flight > 0 {
                 file.changed.wait(&mut st);
             }
         }
@@ -680,6 +670,22 @@ impl Volume {
         tx.commit()?;
         self.mark_dirty();
         Ok(())
+    }
+
+    /// Hands every dirty block older than `age` to the sealers (the daemon's tick): bounds
+    /// how long written data stays only in memory. Returns how many blocks were queued.
+    pub fn write_back(&self, age: Duration) -> usize {
+        let open: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut queued = 0;
+        for file in open {
+            let jobs = {
+                let mut st = file.lock();
+                queue_where(&file, &mut st, |d| d.since.elapsed() >= age)
+            };
+            queued += jobs.len();
+            self.dispatch(jobs, false);
+        }
+        queued
     }
 
     /// Seals every dirty block of `ino` and commits its size and times.
@@ -837,10 +843,19 @@ impl Volume {
 /// Marks every dirty block of a locked file that no sealer has yet as queued, counts them in
 /// flight, and returns their jobs.
 fn queue_unqueued(file: &Arc<OpenFile>, st: &mut FileState) -> Vec<SealJob> {
+    queue_where(file, st, |_| true)
+}
+
+/// [`queue_unqueued`] for the blocks `pick` chooses.
+fn queue_where(
+    file: &Arc<OpenFile>,
+    st: &mut FileState,
+    pick: impl Fn(&Dirty) -> bool,
+) -> Vec<SealJob> {
     let jobs: Vec<SealJob> = st
         .dirty
         .iter_mut()
-        .filter(|(_, d)| !d.queued)
+        .filter(|(_, d)| !d.queued && pick(d))
         .map(|(i, d)| {
             d.queued = true;
             SealJob {

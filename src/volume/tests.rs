@@ -417,3 +417,61 @@ fn small_random_reads_decrypt_only_their_chunk() {
         Err(VolumeError::Corrupt { .. })
     ));
 }
+
+/// Polls `done` until it holds (deadline 30 s): sealing runs on its own threads.
+fn eventually(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn partly_written_blocks_are_sealed_by_age_without_a_close() {
+    use std::time::Duration;
+    let (_d, v) = volume(64 * 1024);
+    let ino = file(&v, "open");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 100, b"partial").unwrap();
+    assert!(v.meta().read().unwrap().block_at(ino, 0).unwrap().is_none());
+    assert_eq!(v.write_back(Duration::from_secs(3600)), 0, "too young");
+    assert_eq!(v.write_back(Duration::ZERO), 1);
+    eventually(|| v.getxattr(ino, b"user.bitcloud.state").unwrap() == b"local");
+    assert!(v.meta().read().unwrap().block_at(ino, 0).unwrap().is_some());
+    let (committed, _) = v.commit_counts();
+    v.make_durable().unwrap();
+    assert!(v.commit_counts().1 >= committed);
+    assert_eq!(v.read(ino, 100, 7).unwrap(), b"partial");
+    v.release(fh).unwrap();
+}
+
+#[test]
+fn the_write_buffer_bounds_memory_under_random_writes() {
+    let bs = 64 * 1024;
+    let (_d, v) = volume(bs as u32);
+    v.set_write_buffer(8 * bs as u64);
+    let ino = file(&v, "random");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let mut model = vec![0u8; 64 * bs];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..600 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = (x % (model.len() as u64 - 4096)) as usize;
+        let data = vec![(i % 250) as u8 + 1; 4096];
+        v.write(ino, offset as u64, &data).unwrap();
+        model[offset..offset + 4096].copy_from_slice(&data);
+        assert!(
+            v.write_budget.used() <= 8 * bs as u64,
+            "write {i}: {} bytes buffered",
+            v.write_budget.used()
+        );
+    }
+    let size = v.getattr(ino).unwrap().inode.size as usize;
+    assert_eq!(v.read(ino, 0, size as u32).unwrap(), model[..size]);
+    v.release(fh).unwrap();
+    assert_eq!(v.write_budget.used(), 0);
+    assert_eq!(v.read(ino, 0, size as u32).unwrap(), model[..size]);
+}
