@@ -413,7 +413,8 @@ as_user "$BIN" --home "$BCHOME" service install "$MNT" >"$LOGDIR/install.out" 2>
 sed 's/^/   | /' "$LOGDIR/install.out"
 say "   service install: exit 0"
 [[ -f $UNIT_FILE ]] || die "no unit file at $UNIT_FILE"
-grep -qxF "ExecStart=$BIN --home $BCHOME mount %f" "$UNIT_FILE" \
+# service install quotes each path (systemd's quoting; these temp paths need no escaping).
+grep -qxF "ExecStart=\"$BIN\" --home \"$BCHOME\" mount %f" "$UNIT_FILE" \
     || die "the unit's ExecStart does not run $BIN --home $BCHOME: $(grep ExecStart= "$UNIT_FILE")"
 say "   unit file written, ExecStart=$BIN --home $BCHOME mount %f"
 expect_state active

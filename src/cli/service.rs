@@ -57,13 +57,33 @@ pub fn escape_path(path: &Path) -> String {
     out
 }
 
-/// The unit text for this binary and home.
-pub fn unit_text(exe: &Path, home: Option<&Path>) -> String {
-    let mut cmd = exe.display().to_string();
-    if let Some(h) = home {
-        cmd.push_str(&format!(" --home {}", h.display()));
+/// One argument of an `ExecStart=` line: double-quoted (so spaces stay inside it), with `\`
+/// and `"` escaped for systemd's parser and `%` doubled so it is not read as a specifier.
+fn exec_arg(path: &Path) -> Result<String> {
+    let text = path
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", path.display()))?;
+    if text.contains('\n') {
+        bail!("{text:?} contains a newline: it cannot go into a unit file");
     }
-    UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &cmd)
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    Ok(format!("\"{escaped}\""))
+}
+
+/// The unit text for this binary and home. The home must be absolute: the service does not
+/// run in the directory `service install` was run from.
+pub fn unit_text(exe: &Path, home: Option<&Path>) -> Result<String> {
+    let mut cmd = exec_arg(exe)?;
+    if let Some(h) = home {
+        if !h.is_absolute() {
+            bail!("--home {} must be an absolute path here", h.display());
+        }
+        cmd.push_str(&format!(" --home {}", exec_arg(h)?));
+    }
+    Ok(UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &cmd))
 }
 
 fn user_unit_dir() -> Result<PathBuf> {
@@ -83,8 +103,20 @@ fn user_manager_running() -> bool {
         .unwrap_or(false)
 }
 
+/// `arg` as a shell word a user can paste (single-quoted if it has anything unusual, such
+/// as the `\x20` systemd-escape makes of a space).
+fn shell_word(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 fn systemctl(args: &[&str], run: bool) -> Result<()> {
-    println!("  systemctl --user {}", args.join(" "));
+    let words: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
+    println!("  systemctl --user {}", words.join(" "));
     if run {
         let status = Command::new("systemctl")
             .arg("--user")
@@ -110,6 +142,8 @@ fn mountpoint_of(arg: &MountpointArg) -> Result<PathBuf> {
 }
 
 pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> {
+    // The unit needs the home as resolved here (absolute), not as typed.
+    let home = home.map(|_| paths.config_dir.as_path());
     let dir = user_unit_dir()?;
     let unit_path = dir.join(UNIT_NAME);
     match args.action {
@@ -121,7 +155,7 @@ pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> 
             std::fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
             let exe = std::env::current_exe().context("finding this binary")?;
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(&unit_path, unit_text(&exe, home))
+            std::fs::write(&unit_path, unit_text(&exe, home)?)
                 .with_context(|| format!("writing {}", unit_path.display()))?;
             let instance = format!("bitcloud-mount@{}.service", escape_path(&mnt));
             println!("bitcloud: wrote {}", unit_path.display());
@@ -129,7 +163,10 @@ pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> 
             println!("{} the service:", if run { "Starting" } else { "To start" });
             systemctl(&["daemon-reload"], run)?;
             systemctl(&["enable", "--now", &instance], run)?;
-            println!("Logs: journalctl --user -u {instance}   Status: bitcloud status");
+            println!(
+                "Logs: journalctl --user -u {}   Status: bitcloud status",
+                shell_word(&instance)
+            );
         }
         ServiceAction::Uninstall(a) => {
             let mnt = mountpoint_of(&a)?;
@@ -170,11 +207,38 @@ mod tests {
 
     #[test]
     fn unit_points_at_this_binary_and_home() {
-        let t = unit_text(Path::new("/opt/bc"), Some(Path::new("/srv/h")));
+        let t = unit_text(Path::new("/opt/bc"), Some(Path::new("/srv/h"))).unwrap();
         assert!(
-            t.contains("ExecStart=/opt/bc --home /srv/h mount %f"),
+            t.contains("ExecStart=\"/opt/bc\" --home \"/srv/h\" mount %f"),
             "{t}"
         );
         assert!(t.contains("Type=notify"));
+    }
+
+    #[test]
+    fn printed_commands_survive_a_shell() {
+        assert_eq!(
+            shell_word("bitcloud-mount@home-ann-cloud.service"),
+            "bitcloud-mount@home-ann-cloud.service"
+        );
+        assert_eq!(shell_word("a\\x20b"), "'a\\x20b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn awkward_paths_are_quoted_and_escaped_for_systemd() {
+        let t = unit_text(
+            Path::new("/opt/my apps/bc"),
+            Some(Path::new("/home/ann/100% \"cloud\"")),
+        )
+        .unwrap();
+        assert!(
+            t.contains(
+                "ExecStart=\"/opt/my apps/bc\" --home \"/home/ann/100%% \\\"cloud\\\"\" mount %f"
+            ),
+            "{t}"
+        );
+        assert!(unit_text(Path::new("/bc"), Some(Path::new("rel/home"))).is_err());
+        assert!(unit_text(Path::new("/b\nc"), None).is_err());
     }
 }
