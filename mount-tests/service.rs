@@ -28,16 +28,12 @@ fn exec_start_notifies_ready_and_stops_cleanly_on_sigterm() {
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
 
-    let unit = bitcloud::cli::service::unit_text(std::path::Path::new(BIN), Some(&home));
+    let unit = bitcloud::cli::service::unit_text(std::path::Path::new(BIN), Some(&home)).unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("ExecStart line");
-    let argv: Vec<String> = exec
-        .replace("%f", mnt.to_str().unwrap())
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let argv = exec_argv(exec, mnt.to_str().unwrap());
     let log = std::fs::File::create(root.path().join("log")).unwrap();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -133,5 +129,40 @@ fn state_xattr_is_virtual_and_read_only() {
     assert!(
         !listed.contains("bitcloud.state"),
         "virtual xattr listed: {listed}"
+    );
+}
+
+/// Splits an `ExecStart=` value as systemd does for what the unit uses: double-quoted words
+/// with backslash escapes, `%%` for `%`, and `%f` for the instance's path.
+fn exec_argv(line: &str, instance_path: &str) -> Vec<String> {
+    let mut argv = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                word.get_or_insert_default();
+            }
+            '\\' if quoted => word.get_or_insert_default().push(chars.next().unwrap()),
+            '%' => match chars.next() {
+                Some('%') => word.get_or_insert_default().push('%'),
+                Some('f') => word.get_or_insert_default().push_str(instance_path),
+                other => panic!("unexpected specifier %{other:?} in {line}"),
+            },
+            c if c.is_whitespace() && !quoted => argv.extend(word.take()),
+            c => word.get_or_insert_default().push(c),
+        }
+    }
+    argv.extend(word);
+    argv
+}
+
+#[test]
+fn exec_lines_split_like_systemd() {
+    assert_eq!(
+        exec_argv(r#""/a b/bc" --home "/h/100%% \"x\"" mount %f"#, "/m n"),
+        ["/a b/bc", "--home", "/h/100% \"x\"", "mount", "/m n"]
     );
 }
