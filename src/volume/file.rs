@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -133,6 +133,8 @@ pub(super) struct OpenFile {
     changed: Condvar,
     /// Open handles; changed only under the volume's `files` map lock.
     opens: AtomicU32,
+    /// Where the last read ended: a read starting there is sequential (prefetch pays).
+    read_end: AtomicU64,
 }
 
 impl OpenFile {
@@ -189,6 +191,7 @@ impl Volume {
             }),
             changed: Condvar::new(),
             opens: AtomicU32::new(0),
+            read_end: AtomicU64::new(0),
         });
         Ok(self.files.lock().entry(ino).or_insert(fresh).clone())
     }
@@ -300,9 +303,11 @@ impl Volume {
                 .blocks_in(ino, first, last + 1 + PREFETCH_AHEAD)?
                 .into_iter()
                 .collect();
-            // A read reaching past the middle of its last block looks sequential: warm the
-            // next few, so decryption runs ahead of the reader on the other core.
-            if end > last * bs + bs / 2 {
+            // A sequential read (it starts where the last one ended) reaching past the middle
+            // of its last block: warm the next few, so decryption runs ahead of the reader on
+            // the other core. Random reads must not: each would decrypt megabytes.
+            let sequential = file.read_end.swap(end, Ordering::Relaxed) == offset;
+            if sequential && end > last * bs + bs / 2 {
                 for next in last + 1..=last + PREFETCH_AHEAD {
                     if !st.dirty.contains_key(&next)
                         && let Some(id) = mapped.get(&next)
