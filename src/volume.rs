@@ -9,16 +9,19 @@
 //! then the short-lived `files`/`handles` map locks. Nothing takes a file lock while holding
 //! a write transaction.
 //!
-//! Submodules: `namespace` (names and links), `file` (open files, reads, writes, truncation),
+//! Submodules: `namespace` (names and links), `file` (open files, writes, flush, truncation),
+//! `read` (reads, partial decryption, prefetch), `commit` (sealing and committing blocks, pins),
 //! `dirty` (the write buffer and its budget), `sealer` (background sealing threads), `xattr`,
 //! `cache` (decrypted block cache), `fsck` (the end-to-end check and its repairs).
 
 mod cache;
+mod commit;
 mod dirty;
 pub mod error;
 mod file;
 pub mod fsck;
 mod namespace;
+mod read;
 mod sealer;
 mod xattr;
 
@@ -116,7 +119,7 @@ pub struct Volume {
     prefetching: std::sync::atomic::AtomicUsize,
     /// Block ids being sealed and not yet committed: garbage collection must not delete
     /// their files (a seal may have found the file present and counted on it).
-    pins: file::Pins,
+    pins: commit::Pins,
     /// Metadata commits so far, and how many of them are known durable (`commit_counts`).
     commits: AtomicU64,
     durable_commits: AtomicU64,
@@ -187,7 +190,7 @@ impl Volume {
             needs_checkpoint: AtomicBool::new(false),
             data_dir: data_dir.to_path_buf(),
             prefetching: std::sync::atomic::AtomicUsize::new(0),
-            pins: file::Pins::default(),
+            pins: commit::Pins::default(),
             commits: AtomicU64::new(0),
             durable_commits: AtomicU64::new(0),
             write_budget: Arc::new(dirty::WriteBudget::new(block_size, DEFAULT_WRITE_BUFFER)),

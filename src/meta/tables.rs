@@ -22,7 +22,7 @@ pub const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks
 /// ino BE || xattr-name tag -> sealed name and value (see `volume::xattr`).
 pub const XATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("xattrs-1");
 /// block id -> sealed bytes, for blocks small enough to live in the database instead of a
-/// file of their own (see `volume::file::INLINE_MAX`).
+/// file of their own (see `volume::commit::INLINE_MAX`).
 pub const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline-1");
 /// Unlinked inodes still open when last committed; deleted at the next mount.
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans-1");

@@ -1,4 +1,5 @@
-//! Open files: per-inode write buffers, reads, writes, flush, fsync, truncation, fallocate.
+//! Open files: per-inode state and write buffers, writes, flush, fsync, truncation,
+//! fallocate. Reads are in `read`, sealing and committing blocks in `commit`.
 //!
 //! Every inode that is open (or being truncated) has one [`OpenFile`], shared by all its
 //! handles and hard links. Its state holds the logical size and times while they are ahead of
@@ -13,7 +14,6 @@
 //! never put old bytes back. Commit happens under the file's lock, inside one transaction with
 //! the inode's size and times.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,10 +23,9 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::dirty::{Dirty, DirtyBlocks};
 use super::sealer::SealJob;
 use super::{Result, Volume, VolumeError};
-use crate::ids::{BlockId, InodeNo};
+use crate::ids::InodeNo;
 use crate::meta::Reader;
-use crate::meta::codec::{BlockRecord, Inode, Kind, Timestamp};
-use crate::pipeline::{block_id::block_id, seal};
+use crate::meta::codec::{Inode, Kind, Timestamp};
 
 /// How a file is being opened.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,77 +33,18 @@ pub struct OpenFlags {
     pub write: bool,
 }
 
-/// Blocks of at most this many plaintext bytes are stored inside the metadata database
-/// rather than as files: a file per small block costs an ext4 inode allocation, a rename and
-/// a later unlink, which dominated small-file creation.
-pub(super) const INLINE_MAX: usize = 32 * 1024;
-
-/// A sealed block ready to be committed.
-pub(super) struct SealedBlock {
-    id: BlockId,
-    record: BlockRecord,
-    /// Sealed bytes to store in the database (small blocks), or `None` if already stored.
-    inline: Option<Vec<u8>>,
-    _pin: PinGuard,
-}
-
-/// Reads of at most this many bytes within one block decrypt only the chunks they cover.
-const PARTIAL_READ_MAX: usize = 64 * 1024;
-
-type PinMap = Arc<Mutex<std::collections::HashMap<BlockId, usize>>>;
-
-/// Block ids being sealed and not yet committed (see `Volume::pins`).
-#[derive(Default)]
-pub(super) struct Pins(PinMap);
-
-impl Pins {
-    pub(super) fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<BlockId, usize>> {
-        self.0.lock()
-    }
-
-    fn pin(&self, id: BlockId) -> PinGuard {
-        *self.0.lock().entry(id).or_default() += 1;
-        PinGuard {
-            pins: self.0.clone(),
-            id,
-        }
-    }
-}
-
-/// Unpins its block id when dropped.
-pub(super) struct PinGuard {
-    pins: PinMap,
-    id: BlockId,
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let mut pins = self.pins.lock();
-        if let Some(n) = pins.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                pins.remove(&self.id);
-            }
-        }
-    }
-}
-
-/// Background block decryptions allowed at once (see `Volume::prefetch`).
-const MAX_PREFETCH: usize = 2;
-/// How many blocks past a sequential read are decrypted ahead of it.
-const PREFETCH_AHEAD: u64 = 3;
-
 pub(super) struct FileState {
-    size: u64,
-    mtime: Timestamp,
-    ctime: Timestamp,
+    pub(super) size: u64,
+    pub(super) mtime: Timestamp,
+    pub(super) ctime: Timestamp,
     /// Size or times are ahead of the database.
-    attr_dirty: bool,
-    dirty: DirtyBlocks,
-    in_flight: usize,
+    pub(super) attr_dirty: bool,
+    pub(super) dirty: DirtyBlocks,
+    /// Blocks handed to a sealer and not yet committed or discarded.
+    pub(super) in_flight: usize,
     next_seq: u64,
     /// A sealing failure not yet reported; the next flush or fsync returns it.
-    error: Option<VolumeError>,
+    pub(super) error: Option<VolumeError>,
 }
 
 impl FileState {
@@ -130,11 +70,12 @@ impl FileState {
 pub(super) struct OpenFile {
     pub(super) ino: InodeNo,
     state: Mutex<FileState>,
-    changed: Condvar,
+    /// Notified when a seal of this file finishes.
+    pub(super) changed: Condvar,
     /// Open handles; changed only under the volume's `files` map lock.
     opens: AtomicU32,
     /// Where the last read ended: a read starting there is sequential (prefetch pays).
-    read_end: AtomicU64,
+    pub(super) read_end: AtomicU64,
 }
 
 impl OpenFile {
@@ -167,7 +108,7 @@ impl OpenFile {
 
 impl Volume {
     /// The open state of `ino`, created from the database if needed (does not count as open).
-    fn file(&self, ino: InodeNo) -> Result<Arc<OpenFile>> {
+    pub(super) fn file(&self, ino: InodeNo) -> Result<Arc<OpenFile>> {
         if let Some(f) = self.files.lock().get(&ino) {
             return Ok(f.clone());
         }
@@ -197,7 +138,7 @@ impl Volume {
     }
 
     /// Forgets the open state of `ino` if nothing needs it any more.
-    fn maybe_evict(&self, file: &Arc<OpenFile>) {
+    pub(super) fn maybe_evict(&self, file: &Arc<OpenFile>) {
         let st = file.lock();
         if !st.dirty.is_empty() || st.in_flight > 0 || st.attr_dirty {
             return;
@@ -281,162 +222,6 @@ impl Volume {
         }
         self.maybe_evict(&file);
         result
-    }
-
-    /// Reads up to `len` bytes at `offset`.
-    pub fn read(&self, ino: InodeNo, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let file = self.file(ino)?;
-        let bs = self.block_size;
-        let (end, sources) = {
-            let st = file.lock();
-            let end = st.size.min(offset.saturating_add(len as u64));
-            if offset >= end {
-                drop(st);
-                self.maybe_evict(&file);
-                return Ok(Vec::new());
-            }
-            let first = offset / bs;
-            let last = (end - 1) / bs;
-            let mapped: BTreeMap<u64, BlockId> = self
-                .meta
-                .read()?
-                .blocks_in(ino, first, last + 1 + PREFETCH_AHEAD)?
-                .into_iter()
-                .collect();
-            // A sequential read (it starts where the last one ended) reaching past the middle
-            // of its last block: warm the next few, so decryption runs ahead of the reader on
-            // the other core. Random reads must not: each would decrypt megabytes.
-            let sequential = file.read_end.swap(end, Ordering::Relaxed) == offset;
-            if sequential && end > last * bs + bs / 2 {
-                for next in last + 1..=last + PREFETCH_AHEAD {
-                    if !st.dirty.contains_key(&next)
-                        && let Some(id) = mapped.get(&next)
-                    {
-                        self.prefetch(ino, next, *id);
-                    }
-                }
-            }
-            let sources: Vec<(u64, Source)> = (first..=last)
-                .map(|i| {
-                    let s = match (st.dirty.get(&i), mapped.get(&i)) {
-                        (Some(d), _) => Source::Dirty(d.data.clone()),
-                        (None, Some(id)) => Source::Stored(*id),
-                        (None, None) => Source::Hole,
-                    };
-                    (i, s)
-                })
-                .collect();
-            (end, sources)
-        };
-        let mut out = vec![0u8; (end - offset) as usize];
-        for (index, source) in sources {
-            let data = match source {
-                Source::Dirty(d) => d,
-                Source::Stored(id) => {
-                    let bstart = index * bs;
-                    let (from, to) = (offset.max(bstart), end.min(bstart + bs));
-                    if to - from <= PARTIAL_READ_MAX as u64
-                        && !self.cache.contains(&id)
-                        && let Some(part) =
-                            self.read_partial(ino, index, id, from - bstart, (to - from) as usize)?
-                    {
-                        let dst = (from - offset) as usize;
-                        out[dst..dst + part.len()].copy_from_slice(&part);
-                        continue;
-                    }
-                    self.load_block(ino, index, id)?
-                }
-                Source::Hole => continue,
-            };
-            let bstart = index * bs;
-            let from = offset.max(bstart);
-            let to = end.min(bstart + data.len() as u64);
-            if from < to {
-                let dst = (from - offset) as usize..(to - offset) as usize;
-                out[dst].copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Decrypts only `len` bytes at `offset` of a stored block, for small random reads (a
-    /// whole-block decrypt per 4 KiB read capped random reads at ~700 IOPS). `None` when the
-    /// block cannot be read in part (inline, or recorded before header hashes existed).
-    fn read_partial(
-        &self,
-        ino: InodeNo,
-        index: u64,
-        id: BlockId,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<Vec<u8>>> {
-        let Some(header) = self
-            .meta
-            .read()?
-            .block_record(&id)?
-            .and_then(|r| r.header_hash)
-        else {
-            return Ok(None);
-        };
-        let corrupt = |why: String| VolumeError::Corrupt {
-            ino,
-            index,
-            block: id,
-            why,
-        };
-        let file = self
-            .store
-            .open_file(&id)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let reader = std::io::BufReader::with_capacity(64 * 1024, file);
-        seal::open_range(&self.keys.identity, &header, reader, offset, len)
-            .map(Some)
-            .map_err(|e| corrupt(e.to_string()))
-    }
-
-    /// Loads, decrypts and verifies a stored block (through the cache).
-    fn load_block(&self, ino: InodeNo, index: u64, id: BlockId) -> Result<Arc<Vec<u8>>> {
-        self.cache
-            .get_or_load(id, || {
-                let inline = self.meta.read().and_then(|tx| tx.inline_block(&id));
-                let sealed = match inline.map_err(|e| e.to_string())? {
-                    Some(bytes) => bytes,
-                    None => self.store.get(&id).map_err(|e| e.to_string())?,
-                };
-                seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|why| VolumeError::Corrupt {
-                ino,
-                index,
-                block: id,
-                why,
-            })
-    }
-
-    /// Decrypts block `index` into the cache on a background thread, so a sequential reader
-    /// finds it ready. At most [`MAX_PREFETCH`] run at once; errors are left for the real read.
-    fn prefetch(&self, ino: InodeNo, index: u64, id: BlockId) {
-        if self.cache.contains(&id) {
-            return;
-        }
-        if self.prefetching.fetch_add(1, Ordering::SeqCst) >= MAX_PREFETCH {
-            self.prefetching.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        let Some(volume) = self.me.upgrade() else {
-            self.prefetching.fetch_sub(1, Ordering::SeqCst);
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("bitcloud-prefetch".into())
-            .spawn(move || {
-                let _ = volume.load_block(ino, index, id);
-                volume.prefetching.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            self.prefetching.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 
     /// The current plaintext of block `index` of a file whose state is locked.
@@ -541,140 +326,6 @@ impl Volume {
             }
         }
         Ok(data.len())
-    }
-
-    /// Hands jobs to the sealer threads; seals here any the sealer refuses (stopping), or all
-    /// of them when `inline`.
-    fn dispatch(&self, jobs: Vec<SealJob>, inline: bool) {
-        for job in jobs {
-            let refused = if inline {
-                Err(job)
-            } else {
-                self.sealer.submit(job)
-            };
-            if let Err(job) = refused {
-                let r = self.seal_block(&job.data);
-                self.finish_seal(job, r);
-            }
-        }
-    }
-
-    /// Hashes, encrypts and stores one plaintext block. `None` for an all-zero block: it
-    /// becomes a hole and is not stored. A block of at most [`INLINE_MAX`] bytes is not
-    /// written to a file: its sealed bytes travel with the result into the metadata commit.
-    pub(super) fn seal_block(&self, plain: &[u8]) -> Result<Option<SealedBlock>> {
-        if is_all_zero(plain) {
-            return Ok(None);
-        }
-        let id = block_id(&self.keys.dedup, plain);
-        // Pinned until committed or dropped: gc leaves this id's file alone meanwhile.
-        let pin = self.pins.pin(id);
-        let known = {
-            let tx = self.meta.read()?;
-            match tx.block_record(&id)? {
-                Some(r) if tx.inline_block(&id)?.is_some() || self.store.contains(&id) => Some(r),
-                _ => None,
-            }
-        };
-        let (record, inline) = match known {
-            Some(r) => (BlockRecord { refcount: 0, ..r }, None),
-            None => {
-                let sealed = seal::seal(&self.keys.recipient, plain)
-                    .map_err(|e| VolumeError::Seal(e.to_string()))?;
-                let mut record = BlockRecord {
-                    refcount: 0,
-                    plain_len: plain.len() as u32,
-                    sealed_len: sealed.len() as u32,
-                    header_hash: None,
-                };
-                if plain.len() <= INLINE_MAX {
-                    (record, Some(sealed))
-                } else {
-                    // The header of the file on disk, which may be another sealer's.
-                    record.header_hash = self.store.put(&id, &sealed)?;
-                    (record, None)
-                }
-            }
-        };
-        Ok(Some(SealedBlock {
-            id,
-            record,
-            inline,
-            _pin: pin,
-        }))
-    }
-
-    /// Points slot (`ino`, `index`) at `block` in `tx`, storing inline bytes with it.
-    pub(super) fn apply_block(
-        tx: &mut crate::meta::WriteTx,
-        ino: InodeNo,
-        index: u64,
-        block: Option<&SealedBlock>,
-    ) -> Result<i64> {
-        let delta = tx.set_block(ino, index, block.map(|b| (b.id, b.record)))?;
-        if let Some(SealedBlock {
-            id,
-            inline: Some(bytes),
-            ..
-        }) = block
-        {
-            tx.put_inline(id, bytes)?;
-        }
-        Ok(delta)
-    }
-
-    /// Commits a finished seal if its block is still current (see module doc).
-    pub(super) fn finish_seal(&self, job: SealJob, result: Result<Option<SealedBlock>>) {
-        let file = job.file;
-        let mut st = file.lock();
-        st.in_flight -= 1;
-        let current = st
-            .dirty
-            .get(&job.index)
-            .is_some_and(|d| d.seq == job.seq && d.queued);
-        if current {
-            let outcome =
-                result.and_then(|block| self.commit_block(file.ino, job.index, block, &st));
-            match outcome {
-                Ok(()) => {
-                    st.dirty.remove(&job.index);
-                    if st.dirty.is_empty() && st.in_flight == 0 {
-                        st.attr_dirty = false;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(target: "bitcloud::volume", ino = %file.ino, index = job.index, error = %e, "sealing a block failed");
-                    if let Some(d) = st.dirty.get_mut(&job.index) {
-                        d.queued = false;
-                    }
-                    st.error.get_or_insert(e);
-                }
-            }
-        }
-        drop(st);
-        file.changed.notify_all();
-    }
-
-    fn commit_block(
-        &self,
-        ino: InodeNo,
-        index: u64,
-        block: Option<SealedBlock>,
-        st: &FileState,
-    ) -> Result<()> {
-        let mut tx = self.meta.write()?;
-        let Some(mut inode) = tx.inode(ino)? else {
-            return Ok(()); // deleted meanwhile
-        };
-        let delta = Self::apply_block(&mut tx, ino, index, block.as_ref())?;
-        inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
-        inode.size = st.size;
-        inode.mtime = st.mtime;
-        inode.ctime = st.ctime;
-        tx.put_inode(ino, &inode)?;
-        tx.commit()?;
-        self.mark_dirty();
-        Ok(())
     }
 
     /// Hands every dirty block older than `age` to the sealers (the daemon's tick): bounds
@@ -873,18 +524,4 @@ fn queue_where(
         .collect();
     st.in_flight += jobs.len();
     jobs
-}
-
-/// Whether every byte is zero (compares 64 bytes at a time: a byte loop was visible in
-/// profiles of sequential writes).
-fn is_all_zero(data: &[u8]) -> bool {
-    let chunks = data.chunks_exact(64);
-    let tail = chunks.remainder();
-    chunks.into_iter().all(|c| c == [0u8; 64]) && tail.iter().all(|b| *b == 0)
-}
-
-enum Source {
-    Dirty(Arc<Vec<u8>>),
-    Stored(BlockId),
-    Hole,
 }
