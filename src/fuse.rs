@@ -6,6 +6,9 @@
 //! Caching: entries and attributes are cached by the kernel for [`ATTR_TTL`]. Every reply to
 //! an operation that changes link counts or ctimes carries fresh attributes, and the kernel
 //! invalidates the attributes of inodes touched by link/unlink/rename itself.
+//!
+//! This file is the one `impl Filesystem` (a trait impl cannot be split across files, hence
+//! its ~600 lines); the conversions it uses are in `fuse/convert.rs`.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -14,86 +17,23 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ids::InodeNo as Ino;
 use crate::meta::codec::{Kind, Timestamp};
-use crate::volume::{
-    Attr, Caller, NewNode, RenameMode, SetAttr, TimeSet, Volume, VolumeError, XattrMode,
-};
+use crate::volume::{NewNode, RenameMode, SetAttr, Volume, XattrMode};
+
+mod convert;
+
+pub use convert::errno_of;
+use convert::{caller, fail, file_type, time_set, to_fuse};
 
 /// How long the kernel may cache entries and attributes.
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
-
-/// The errno for each volume error.
-pub fn errno_of(e: &VolumeError) -> Errno {
-    match e {
-        VolumeError::NotFound => Errno::ENOENT,
-        VolumeError::Exists => Errno::EEXIST,
-        VolumeError::NotDir => Errno::ENOTDIR,
-        VolumeError::IsDir => Errno::EISDIR,
-        VolumeError::NotEmpty => Errno::ENOTEMPTY,
-        VolumeError::NameTooLong => Errno::ENAMETOOLONG,
-        VolumeError::Invalid(_) => Errno::EINVAL,
-        VolumeError::NotPermitted(_) => Errno::EPERM,
-        VolumeError::NoXattr => Errno::from_i32(libc::ENODATA),
-        VolumeError::Range { .. } => Errno::from_i32(libc::ERANGE),
-        VolumeError::NotSupported(_) => Errno::from_i32(libc::EOPNOTSUPP),
-        VolumeError::FileTooBig => Errno::from_i32(libc::EFBIG),
-        VolumeError::TooManyLinks => Errno::from_i32(libc::EMLINK),
-        VolumeError::NoSpace => Errno::from_i32(libc::ENOSPC),
-        VolumeError::BadHandle => Errno::EBADF,
-        VolumeError::Corrupt { .. } => Errno::EIO,
-        VolumeError::Meta(_) => Errno::EIO,
-        VolumeError::Store(_) => Errno::EIO,
-        VolumeError::Seal(_) => Errno::EIO,
-        VolumeError::ShuttingDown => Errno::EIO,
-    }
-}
-
-fn file_type(kind: Kind) -> FileType {
-    match kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-fn to_fuse(a: &Attr) -> FileAttr {
-    let i = &a.inode;
-    FileAttr {
-        ino: INodeNo(a.ino.0),
-        size: i.size,
-        blocks: a.blocks512,
-        atime: i.atime.to_system(),
-        mtime: i.mtime.to_system(),
-        ctime: i.ctime.to_system(),
-        crtime: i.crtime.to_system(),
-        kind: file_type(i.kind),
-        perm: i.perm,
-        nlink: i.nlink,
-        uid: i.uid,
-        gid: i.gid,
-        rdev: i.rdev,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-fn time_set(t: TimeOrNow) -> TimeSet {
-    match t {
-        TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(s) => TimeSet::At(Timestamp::from_system(s)),
-    }
-}
 
 /// The filesystem served to the kernel.
 pub struct BitcloudFs {
@@ -109,31 +49,6 @@ impl std::fmt::Debug for BitcloudFs {
 impl BitcloudFs {
     pub fn new(volume: Arc<Volume>) -> BitcloudFs {
         BitcloudFs { volume }
-    }
-}
-
-/// Logs a failed request once, at a level that fits the error, and returns its errno.
-fn fail(op: &str, ino: u64, e: &VolumeError) -> Errno {
-    let errno = errno_of(e);
-    match e {
-        VolumeError::Corrupt { .. }
-        | VolumeError::Meta(_)
-        | VolumeError::Store(_)
-        | VolumeError::Seal(_)
-        | VolumeError::NoSpace => {
-            tracing::error!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
-        }
-        _ => {
-            tracing::debug!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
-        }
-    }
-    errno
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
     }
 }
 

@@ -17,7 +17,7 @@ pub mod tables;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use crate::ids::{BlockId, InodeNo};
 use crate::names::Tag;
@@ -66,7 +66,9 @@ macro_rules! db {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+mod reader;
 mod scan;
+pub use reader::{Counts, Reader};
 pub use scan::TableSizes;
 
 /// Volume-wide parameters stored in the superblock.
@@ -242,193 +244,6 @@ impl std::fmt::Debug for WriteTx {
         write!(f, "WriteTx(epoch {})", self.epoch)
     }
 }
-
-/// Reads shared by read and write transactions. Implemented once over redb's `ReadableTable`.
-pub trait Reader {
-    fn inode(&self, ino: InodeNo) -> Result<Option<Inode>>;
-    fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>>;
-    /// Entries of `parent` in tag order, starting after `after` (exclusive), at most `limit`.
-    fn list_dir(
-        &self,
-        parent: InodeNo,
-        after: Option<&Tag>,
-        limit: usize,
-    ) -> Result<Vec<(Tag, Dirent)>>;
-    fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>>;
-    /// Mapped blocks of `ino` with index in `from..to`.
-    fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>>;
-    fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>>;
-    fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>>;
-    /// The sealed bytes of a block stored inline, if it is.
-    fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>>;
-    fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>>;
-    fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>>;
-    fn counts(&self) -> Result<Counts>;
-}
-
-/// Totals for `status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub inodes: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub logical_bytes: u64,
-    /// Block-map slots that point at a stored block.
-    pub mapped_slots: u64,
-    pub blocks: u64,
-    pub block_plain_bytes: u64,
-    pub block_sealed_bytes: u64,
-    /// Plaintext bytes referenced by all block-map slots (counting shared blocks each time).
-    pub referenced_plain_bytes: u64,
-    pub gc_pending: u64,
-}
-
-macro_rules! impl_reader {
-    ($ty:ty) => {
-        impl Reader for $ty {
-            fn inode(&self, ino: InodeNo) -> Result<Option<Inode>> {
-                let t = db!(self.txn.open_table(INODES));
-                let g = db!(t.get(ino.0));
-                Ok(match g {
-                    Some(v) => Some(Inode::decode(v.value())?),
-                    None => None,
-                })
-            }
-
-            fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>> {
-                let t = db!(self.txn.open_table(DIRENTS));
-                let g = db!(t.get(&codec::tagged_key(parent, tag)[..]));
-                Ok(match g {
-                    Some(v) => Some(Dirent::decode(v.value())?),
-                    None => None,
-                })
-            }
-
-            fn list_dir(
-                &self,
-                parent: InodeNo,
-                after: Option<&Tag>,
-                limit: usize,
-            ) -> Result<Vec<(Tag, Dirent)>> {
-                let t = db!(self.txn.open_table(DIRENTS));
-                let lo = codec::tagged_key(parent, after.unwrap_or(&[0u8; 16]));
-                let hi = codec::tagged_key(InodeNo(parent.0 + 1), &[0u8; 16]);
-                let mut out = Vec::new();
-                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
-                    let (k, v) = db!(row);
-                    let tag = codec::tag_of(k.value());
-                    if after == Some(&tag) {
-                        continue;
-                    }
-                    out.push((tag, Dirent::decode(v.value())?));
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
-
-            fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>> {
-                let t = db!(self.txn.open_table(BLOCKMAP));
-                let g = db!(t.get(&codec::blockmap_key(ino, index)[..]));
-                Ok(match g {
-                    Some(v) => Some(codec::block_id_of(v.value())?),
-                    None => None,
-                })
-            }
-
-            fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>> {
-                let t = db!(self.txn.open_table(BLOCKMAP));
-                let lo = codec::blockmap_key(ino, from);
-                let hi = codec::blockmap_key(ino, to);
-                let mut out = Vec::new();
-                if from >= to {
-                    return Ok(out);
-                }
-                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
-                    let (k, v) = db!(row);
-                    out.push((
-                        codec::blockmap_index(k.value()),
-                        codec::block_id_of(v.value())?,
-                    ));
-                }
-                Ok(out)
-            }
-
-            fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>> {
-                let t = db!(self.txn.open_table(BLOCKS));
-                let g = db!(t.get(&id.0[..]));
-                Ok(match g {
-                    Some(v) => Some(BlockRecord::decode(v.value())?),
-                    None => None,
-                })
-            }
-
-            fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(SYMLINKS));
-                let g = db!(t.get(ino.0));
-                Ok(g.map(|v| v.value().to_vec()))
-            }
-
-            fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(INLINE));
-                let g = db!(t.get(&id.0[..]));
-                Ok(g.map(|v| v.value().to_vec()))
-            }
-
-            fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(XATTRS));
-                let g = db!(t.get(&codec::tagged_key(ino, tag)[..]));
-                Ok(g.map(|v| v.value().to_vec()))
-            }
-
-            fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>> {
-                let t = db!(self.txn.open_table(XATTRS));
-                let lo = codec::tagged_key(ino, &[0u8; 16]);
-                let hi = codec::tagged_key(InodeNo(ino.0 + 1), &[0u8; 16]);
-                let mut out = Vec::new();
-                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
-                    let (k, v) = db!(row);
-                    out.push((codec::tag_of(k.value()), v.value().to_vec()));
-                }
-                Ok(out)
-            }
-
-            fn counts(&self) -> Result<Counts> {
-                let mut c = Counts::default();
-                let inodes = db!(self.txn.open_table(INODES));
-                for row in db!(inodes.iter()) {
-                    let (_, v) = db!(row);
-                    let ino = Inode::decode(v.value())?;
-                    c.inodes += 1;
-                    match ino.kind {
-                        codec::Kind::File => {
-                            c.files += 1;
-                            c.logical_bytes += ino.size;
-                        }
-                        codec::Kind::Dir => c.dirs += 1,
-                        _ => {}
-                    }
-                }
-                c.mapped_slots = db!(db!(self.txn.open_table(BLOCKMAP)).len());
-                let blocks = db!(self.txn.open_table(BLOCKS));
-                for row in db!(blocks.iter()) {
-                    let (_, v) = db!(row);
-                    let r = BlockRecord::decode(v.value())?;
-                    c.blocks += 1;
-                    c.block_plain_bytes += r.plain_len as u64;
-                    c.block_sealed_bytes += r.sealed_len as u64;
-                    c.referenced_plain_bytes += r.refcount * r.plain_len as u64;
-                }
-                c.gc_pending = db!(db!(self.txn.open_table(GC)).len());
-                Ok(c)
-            }
-        }
-    };
-}
-
-impl_reader!(ReadTx);
-impl_reader!(WriteTx);
 
 impl WriteTx {
     fn touch_tables(&mut self) -> Result<()> {
