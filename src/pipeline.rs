@@ -9,6 +9,7 @@
 //! That keeps every step unit-testable at boundary sizes.
 
 pub mod block_id;
+pub mod chunks;
 pub mod erasure;
 pub mod seal;
 

@@ -112,6 +112,8 @@ pub struct Volume {
     next_fh: AtomicU64,
     sealer: sealer::Sealer,
     cache: cache::BlockCache,
+    /// Payload keys of recently read blocks, for small reads.
+    keys_cache: cache::KeyCache,
     /// Set by every commit, cleared by a checkpoint: whether a durable commit is owed.
     needs_checkpoint: AtomicBool,
     data_dir: std::path::PathBuf,
@@ -187,6 +189,7 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             sealer: sealer::Sealer::start(weak.clone(), seal_threads),
             cache: cache::BlockCache::new(16),
+            keys_cache: cache::KeyCache::new(16 * 1024),
             needs_checkpoint: AtomicBool::new(false),
             data_dir: data_dir.to_path_buf(),
             prefetching: std::sync::atomic::AtomicUsize::new(0),
@@ -293,6 +296,7 @@ impl Volume {
                 for id in ids.iter().filter(|id| !pins.contains_key(id)) {
                     self.store.delete(id)?;
                     self.cache.forget(id);
+                    self.keys_cache.forget(id);
                     deleted.push(*id);
                 }
                 deleted

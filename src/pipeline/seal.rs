@@ -67,38 +67,12 @@ pub fn header_hash(sealed: &[u8]) -> Option<[u8; 32]> {
 pub fn open_range<R: std::io::Read + std::io::Seek>(
     identity: &age::x25519::Identity,
     expected_header: &[u8; 32],
-    mut sealed: R,
+    sealed: R,
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, OpenError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let err = |e: &dyn std::fmt::Display| OpenError::Decrypt(e.to_string());
-    let mut head = vec![0u8; 4096];
-    let mut got = 0;
-    while got < head.len() {
-        match sealed.read(&mut head[got..]).map_err(|e| err(&e))? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    head.truncate(got);
-    if header_hash(&head).as_ref() != Some(expected_header) {
-        return Err(OpenError::Decrypt(
-            "age header does not match the recorded one".into(),
-        ));
-    }
-    sealed.seek(SeekFrom::Start(0)).map_err(|e| err(&e))?;
-    let decryptor = age::Decryptor::new(sealed).map_err(|e| err(&e))?;
-    let mut reader = decryptor
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| err(&e))?;
-    reader.seek(SeekFrom::Start(offset)).map_err(|e| err(&e))?;
-    let mut out = Vec::with_capacity(len);
-    reader
-        .take(len as u64)
-        .read_to_end(&mut out)
-        .map_err(|e| err(&e))?;
-    Ok(out)
+    super::chunks::open_range_keyed(identity, expected_header, sealed, offset, len)
+        .map(|(bytes, _key)| bytes)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use crate::ids::BlockId;
+use crate::pipeline::chunks::PayloadKey;
 
 type Loading = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
 
@@ -75,6 +76,57 @@ impl BlockCache {
 
     pub(super) fn forget(&self, id: &BlockId) {
         self.entries.lock().retain(|(k, _)| k != id);
+    }
+}
+
+/// Payload keys of recently read blocks (see `pipeline::chunks`): a small read of a block
+/// whose key is here decrypts one 64 KiB chunk and nothing else. Bounded by entry count
+/// (oldest inserted goes first); an entry is ~100 bytes, so the default covers 16 GiB of
+/// 1 MiB blocks in under 2 MiB. A key is only a shortcut: if it fails to open its block
+/// (the block was collected and sealed again under a new file key), the caller forgets it
+/// and takes the full path.
+type KeyMap = HashMap<BlockId, Arc<PayloadKey>>;
+
+pub(super) struct KeyCache {
+    capacity: usize,
+    /// The keys, and their ids in insertion order (eviction order).
+    inner: Mutex<(KeyMap, VecDeque<BlockId>)>,
+}
+
+impl KeyCache {
+    pub(super) fn new(capacity: usize) -> KeyCache {
+        KeyCache {
+            capacity,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
+    }
+
+    pub(super) fn get(&self, id: &BlockId) -> Option<Arc<PayloadKey>> {
+        self.inner.lock().0.get(id).cloned()
+    }
+
+    pub(super) fn insert(&self, id: BlockId, key: Arc<PayloadKey>) {
+        let mut guard = self.inner.lock();
+        let (map, order) = &mut *guard;
+        if map.insert(id, key).is_none() {
+            order.push_back(id);
+        }
+        while map.len() > self.capacity {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub(super) fn forget(&self, id: &BlockId) {
+        let mut guard = self.inner.lock();
+        let (map, order) = &mut *guard;
+        if map.remove(id).is_some() {
+            order.retain(|x| x != id);
+        }
     }
 }
 

@@ -405,6 +405,25 @@ fn small_random_reads_decrypt_only_their_chunk() {
         !v.cache.contains(&id),
         "a small read decrypted the whole block"
     );
+    assert!(v.keys_cache.get(&id).is_some(), "the payload key is kept");
+    // A wrong cached key (as after the block was collected and sealed again) is dropped and
+    // the read takes the full path.
+    let other = file(&v, "other");
+    let fh = v.open(other, OpenFlags { write: true }).unwrap();
+    v.write(other, 0, &vec![9u8; 1 << 20]).unwrap();
+    v.release(fh).unwrap();
+    let other_id = v
+        .meta()
+        .read()
+        .unwrap()
+        .block_at(other, 0)
+        .unwrap()
+        .unwrap();
+    v.read(other, 0, 10).unwrap();
+    let wrong = v.keys_cache.get(&other_id).unwrap();
+    v.keys_cache.insert(id, wrong.clone());
+    assert_eq!(v.read(ino, 4096, 100).unwrap(), &data[4096..4196]);
+    assert!(!Arc::ptr_eq(&v.keys_cache.get(&id).unwrap(), &wrong));
     // Damage in another chunk does not matter to a partial read; damage in its chunk does.
     let path = v.store().path_of(&id);
     let mut sealed = std::fs::read(&path).unwrap();
