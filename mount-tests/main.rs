@@ -4,6 +4,7 @@
 
 mod cli;
 mod faults;
+mod fsx;
 mod harness;
 mod posix;
 mod service;

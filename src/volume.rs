@@ -333,10 +333,17 @@ impl Volume {
         }
     }
 
-    fn attr_of(&self, ino: InodeNo, mut inode: Inode) -> Attr {
-        if let Some(f) = self.files.lock().get(&ino).cloned() {
-            f.overlay(&mut inode);
-        }
+    /// The attributes of `ino`, given its inode as some transaction read it. For an open file
+    /// the inode is read again under the file's lock and overlaid with what is still in
+    /// memory (see `OpenFile::overlay`).
+    fn attr_of(&self, ino: InodeNo, inode: Inode) -> Attr {
+        let open = self.files.lock().get(&ino).cloned();
+        let inode = match open {
+            Some(f) => f
+                .overlay(|| self.meta.read().ok()?.inode(ino).ok()?)
+                .unwrap_or(inode),
+            None => inode,
+        };
         let blocks512 = if inode.kind == Kind::File {
             (inode.stored_blocks * self.block_size).min(inode.size.div_ceil(512) * 512) / 512
         } else {

@@ -96,13 +96,20 @@ impl OpenFile {
     }
 
     /// Shows size and times that are ahead of the database.
-    pub(super) fn overlay(&self, inode: &mut Inode) {
+    ///
+    /// `fresh` reads the inode from the database *under the file's lock*: reading it first
+    /// and overlaying after raced with a seal that committed the new size and cleared
+    /// `attr_dirty` in between, and a stat could then see a size from before a write that
+    /// had already returned (found by the fsx mount test). `None` if the inode is gone.
+    pub(super) fn overlay(&self, fresh: impl FnOnce() -> Option<Inode>) -> Option<Inode> {
         let st = self.state.lock();
+        let mut inode = fresh()?;
         if st.attr_dirty {
             inode.size = st.size;
             inode.mtime = st.mtime;
             inode.ctime = st.ctime;
         }
+        Some(inode)
     }
 }
 

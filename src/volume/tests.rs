@@ -494,3 +494,26 @@ fn the_write_buffer_bounds_memory_under_random_writes() {
     assert_eq!(v.write_budget.used(), 0);
     assert_eq!(v.read(ino, 0, size as u32).unwrap(), model[..size]);
 }
+
+#[test]
+fn small_reads_past_the_end_of_a_short_block_are_zeros() {
+    // Block 0 holds 40,000 bytes (a file, not inline); a write in block 1 extends the file,
+    // so bytes 40,000.. of block 0 are a hole that small (partial) reads must see as zeros.
+    let bs = 128 * 1024;
+    let (_d, v) = volume(bs as u32);
+    let ino = file(&v, "short");
+    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    v.write(ino, 0, &[5u8; 40_000]).unwrap();
+    v.write(ino, bs as u64 + 10, b"next").unwrap();
+    v.release(fh).unwrap();
+    let id = v.meta().read().unwrap().block_at(ino, 0).unwrap().unwrap();
+    v.cache.forget(&id);
+    // The first read of the block (no payload key cached yet) is the one past its end.
+    for (off, len) in [(100_000u64, 4096u32), (40_000, 4096), (39_990, 20), (0, 10)] {
+        let got = v.read(ino, off, len).unwrap();
+        let want: Vec<u8> = (off..off + len as u64)
+            .map(|i| if i < 40_000 { 5 } else { 0 })
+            .collect();
+        assert_eq!(got, want, "read {len} at {off}");
+    }
+}
