@@ -167,6 +167,16 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
 
 /// Mounts the volume and serves it until unmounted or signalled. Blocks.
 pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
+    // Signal handlers first: a SIGTERM that arrives while mounting, or just after READY=1
+    // (systemd stopping a unit that has just started), must unmount cleanly, not kill the
+    // process with the default action and leave a dead mount (seen in tests under load).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()?
+    };
     let mountpoint = prepare_mountpoint(&req.mountpoint)?;
     let (options, acl) = fuse_options(&req.options)?;
     let _lock = VolumeLock::acquire(&paths.lock_file())?;
@@ -217,10 +227,8 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     );
     notify::notify("READY=1");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let reason = runtime.block_on(wait_for_stop(
+        signals,
         volume.clone(),
         stop_rx,
         background,
@@ -251,17 +259,39 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     Ok(())
 }
 
+/// The signals the mount handles, registered before anything can be interrupted.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers (inside a tokio runtime context); signals that arrive from now
+    /// on wait in their streams until `wait_for_stop` reads them.
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn wait_for_stop(
+    signals: Signals,
     volume: Arc<Volume>,
     mut stop_rx: tokio::sync::mpsc::Receiver<&'static str>,
     background: fuser::BackgroundSession,
     mountpoint: &Path,
     (config_path, mut config): (PathBuf, Config),
 ) -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("bitcloud-session".into())
