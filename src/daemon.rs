@@ -259,6 +259,9 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     Ok(())
 }
 
+/// A write-buffer peak above this makes the daemon return freed memory once it drains.
+const TRIM_AFTER_BYTES: u64 = 32 << 20;
+
 /// The signals the mount handles, registered before anything can be interrupted.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -299,6 +302,10 @@ async fn wait_for_stop(
             let _ = done_tx.send(background.join());
         })?;
     let mut tick = tokio::time::interval(Duration::from_secs(config.mount.checkpoint_secs));
+    // Set by a write burst that filled much of the write buffer: once it has drained, the
+    // freed block buffers go back to the system (glibc keeps them otherwise: the mount sat at
+    // ~330 MiB after a 256 MiB random-write run).
+    let mut trim_owed = false;
     let reason = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -340,6 +347,12 @@ async fn wait_for_stop(
                 let age = Duration::from_secs(config.mount.writeback_secs);
                 let v = volume.clone();
                 let _ = tokio::task::spawn_blocking(move || v.write_back(age)).await;
+                trim_owed |= volume.take_write_buffer_peak() >= TRIM_AFTER_BYTES;
+                if trim_owed && volume.pending_bytes() == 0 {
+                    trim_owed = false;
+                    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                    let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                }
                 if volume.needs_checkpoint() {
                     let v = volume.clone();
                     let r = tokio::task::spawn_blocking(move || v.checkpoint()).await;

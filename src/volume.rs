@@ -231,6 +231,12 @@ impl Volume {
         self.write_budget.set_limit(bytes.max(4 * self.block_size));
     }
 
+    /// The most the write buffer held since the last call (the daemon returns memory to the
+    /// system after a large burst).
+    pub fn take_write_buffer_peak(&self) -> u64 {
+        self.write_budget.take_peak()
+    }
+
     /// The block size of this volume.
     pub fn block_size(&self) -> u64 {
         self.block_size

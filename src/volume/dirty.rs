@@ -23,6 +23,8 @@ pub const DEFAULT_WRITE_BUFFER: u64 = 256 << 20;
 #[derive(Debug)]
 pub(super) struct WriteBudget {
     used: AtomicU64,
+    /// Highest `used` since the last `take_peak`.
+    peak: AtomicU64,
     limit: AtomicU64,
     /// What one dirty block is charged.
     block: u64,
@@ -32,6 +34,7 @@ impl WriteBudget {
     pub(super) fn new(block: u64, limit: u64) -> WriteBudget {
         WriteBudget {
             used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             limit: AtomicU64::new(limit),
             block,
         }
@@ -52,8 +55,14 @@ impl WriteBudget {
     }
 
     fn charge(&self, blocks: usize) {
-        self.used
-            .fetch_add(blocks as u64 * self.block, Ordering::Relaxed);
+        let bytes = blocks as u64 * self.block;
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The most the buffer held since the last call.
+    pub(super) fn take_peak(&self) -> u64 {
+        self.peak.swap(0, Ordering::Relaxed)
     }
 
     fn release(&self, blocks: usize) {
