@@ -402,7 +402,10 @@ mod tests {
                 store.put(&id, &bytes).unwrap();
                 assert_eq!(store.get(&id).unwrap(), bytes, "{len} bytes in {parent:?}");
             }
-            assert_eq!(store.unsynced_bytes(), 4095 + 4096 + 4097 + 65_553 + (1 << 20) + 301);
+            assert_eq!(
+                store.unsynced_bytes(),
+                4095 + 4096 + 4097 + 65_553 + (1 << 20) + 301
+            );
             store.sync_pending().unwrap();
             assert_eq!(store.unsynced_bytes(), 0);
         }
