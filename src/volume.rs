@@ -188,7 +188,7 @@ impl Volume {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             sealer: sealer::Sealer::start(weak.clone(), seal_threads),
-            cache: cache::BlockCache::new(16),
+            cache: cache::BlockCache::new(cache::BLOCK_CACHE_BLOCKS),
             keys_cache: cache::KeyCache::new(16 * 1024),
             needs_checkpoint: AtomicBool::new(false),
             data_dir: data_dir.to_path_buf(),

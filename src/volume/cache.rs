@@ -13,6 +13,9 @@ use parking_lot::Mutex;
 use crate::ids::BlockId;
 use crate::pipeline::chunks::PayloadKey;
 
+/// Decrypted blocks kept (each up to the block size: 16 MiB at the default 1 MiB).
+pub(super) const BLOCK_CACHE_BLOCKS: usize = 16;
+
 type Loading = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
 
 pub(super) struct BlockCache {
