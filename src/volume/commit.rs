@@ -193,9 +193,7 @@ impl Volume {
         };
         let delta = Self::apply_block(&mut tx, ino, index, block.as_ref())?;
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
-        inode.size = st.size;
-        inode.mtime = st.mtime;
-        inode.ctime = st.ctime;
+        st.stamp(&mut inode);
         tx.put_inode(ino, &inode)?;
         tx.commit()?;
         self.mark_dirty();

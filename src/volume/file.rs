@@ -60,6 +60,14 @@ impl FileState {
         self.ctime = inode.ctime;
     }
 
+    /// Writes the size and times held here into `inode` (before committing it, or to show
+    /// what is ahead of the database).
+    pub(super) fn stamp(&self, inode: &mut Inode) {
+        inode.size = self.size;
+        inode.mtime = self.mtime;
+        inode.ctime = self.ctime;
+    }
+
     fn bump(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -105,9 +113,7 @@ impl OpenFile {
         let st = self.state.lock();
         let mut inode = fresh()?;
         if st.attr_dirty {
-            inode.size = st.size;
-            inode.mtime = st.mtime;
-            inode.ctime = st.ctime;
+            st.stamp(&mut inode);
         }
         Some(inode)
     }
@@ -375,9 +381,7 @@ impl Volume {
                 if st.attr_dirty {
                     let mut tx = self.meta.write()?;
                     if let Some(mut inode) = tx.inode(ino)? {
-                        inode.size = st.size;
-                        inode.mtime = st.mtime;
-                        inode.ctime = st.ctime;
+                        st.stamp(&mut inode);
                         tx.put_inode(ino, &inode)?;
                     }
                     tx.commit()?;
