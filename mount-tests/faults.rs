@@ -311,6 +311,18 @@ fn unsynced_writes_to_an_open_file_reach_disk_by_age() {
     eventually("the open file's blocks to be sealed", || {
         sh(&mnt, "getfattr --only-values -n user.bitcloud.state held") == "local"
     });
+    // `pending` (what `umount` polls) answers with the bytes not yet on disk.
+    let sock = m.home.join("run/control.sock");
+    let reply = sh(
+        &mnt,
+        &format!(
+            "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{}'); \
+             s.sendall(b'pending\\n'); print(s.makefile().readline())\"",
+            sock.display()
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
+    assert!(v["pending_bytes"].is_u64(), "{reply}");
     let committed = status_json(&m.home)["committed_changes"].as_u64().unwrap();
     eventually("a checkpoint covering them", || {
         status_json(&m.home)["durable_changes"].as_u64().unwrap() >= committed

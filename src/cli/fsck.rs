@@ -12,7 +12,7 @@ use clap::Args;
 use super::progress::Progress;
 use crate::config::Paths;
 use crate::daemon::VolumeLock;
-use crate::daemon::control::{self, FsckRequest};
+use crate::daemon::control;
 use crate::volume::Volume;
 use crate::volume::fsck::{FsckOptions, FsckProgress, FsckReport};
 
@@ -37,6 +37,16 @@ pub struct FsckArgs {
     /// Read the identity's passphrase from this file (when not mounted).
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+}
+
+impl FsckArgs {
+    fn options(&self, online: bool) -> FsckOptions {
+        FsckOptions {
+            verify_data: !self.quick,
+            repair: self.repair,
+            online,
+        }
+    }
 }
 
 pub fn run(paths: &Paths, args: FsckArgs) -> Result<()> {
@@ -71,13 +81,9 @@ fn online(
     args: &FsckArgs,
     show: &mut dyn FnMut(&FsckProgress),
 ) -> Result<FsckReport> {
-    let req = FsckRequest {
-        repair: args.repair,
-        verify_data: !args.quick,
-    };
     let line = control::request_stream(
         &paths.control_socket(),
-        &format!("fsck {}", serde_json::to_string(&req)?),
+        &format!("fsck {}", serde_json::to_string(&args.options(true))?),
         |line| {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 return false;
@@ -116,12 +122,9 @@ fn offline(
             recovery.orphans_removed, recovery.stray_blocks_removed
         );
     }
-    let opts = FsckOptions {
-        verify_data: !args.quick,
-        repair: args.repair,
-        online: false,
-    };
-    let report = volume.fsck(opts, show).context("checking the volume")?;
+    let report = volume
+        .fsck(args.options(false), show)
+        .context("checking the volume")?;
     volume.shutdown().context("closing the volume")?;
     Ok(report)
 }

@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket in the runtime directory through which `bitcloud status`,
 //! `fsck` and `umount` talk to a running mount. One request line; replies are JSON lines.
-//! Requests: `status` and `umount` (one reply line), `fsck {options}` (`{"progress":..}` lines,
+//! Requests: `status`, `pending` (bytes not yet on disk, cheap to poll) and `umount` (one reply
+//! line), `fsck {options}` (`{"progress":..}` lines,
 //! then `{"report":..}` or `{"error":..}`). Each connection is served on its own thread, so a
 //! long fsck does not hold up `status`. The socket file is mode 0600: only the owner may talk
 //! to it.
@@ -24,13 +25,6 @@ pub struct ControlServer {
     pub mountpoint: PathBuf,
     /// Called on an `umount` request.
     pub on_umount: Box<dyn Fn() + Send + Sync>,
-}
-
-/// What `fsck` asks of a running mount.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct FsckRequest {
-    pub repair: bool,
-    pub verify_data: bool,
 }
 
 /// Set while an fsck runs in this process: one at a time.
@@ -92,13 +86,16 @@ impl ControlServer {
                 Ok(r) => serde_json::to_string(&r).unwrap_or_default(),
                 Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
             },
+            "pending" => {
+                serde_json::json!({ "pending_bytes": self.volume.pending_bytes() }).to_string()
+            }
             "umount" => {
                 (self.on_umount)();
                 serde_json::json!({ "ok": true }).to_string()
             }
             other if other.starts_with("fsck ") => {
-                match serde_json::from_str::<FsckRequest>(&other[5..]) {
-                    Ok(req) => self.fsck(&stream, req),
+                match serde_json::from_str::<FsckOptions>(&other[5..]) {
+                    Ok(opts) => self.fsck(&stream, opts),
                     Err(e) => {
                         serde_json::json!({ "error": format!("bad fsck request: {e}") }).to_string()
                     }
@@ -114,17 +111,24 @@ impl ControlServer {
     }
 
     /// Runs fsck on the mounted volume, streaming progress lines; returns the last line.
-    fn fsck(&self, stream: &UnixStream, req: FsckRequest) -> String {
+    fn fsck(&self, stream: &UnixStream, opts: FsckOptions) -> String {
         if FSCK_RUNNING.swap(true, Ordering::SeqCst) {
             return serde_json::json!({ "error": "an fsck of this volume is already running" })
                 .to_string();
         }
+        struct Running;
+        impl Drop for Running {
+            fn drop(&mut self) {
+                FSCK_RUNNING.store(false, Ordering::SeqCst);
+            }
+        }
+        let _running = Running;
+        // The volume is mounted here, whatever the client says.
         let opts = FsckOptions {
-            verify_data: req.verify_data,
-            repair: req.repair,
             online: true,
+            ..opts
         };
-        tracing::info!(target: "bitcloud::control", repair = req.repair, "fsck started");
+        tracing::info!(target: "bitcloud::control", repair = opts.repair, "fsck started");
         let mut w = stream;
         let mut send = |p: &FsckProgress| {
             let line = serde_json::json!({ "progress": p }).to_string();
@@ -134,7 +138,6 @@ impl ControlServer {
                 .and_then(|_| w.write_all(b"\n"));
         };
         let result = self.volume.fsck(opts, &mut send);
-        FSCK_RUNNING.store(false, Ordering::SeqCst);
         match result {
             Ok(report) => {
                 tracing::info!(target: "bitcloud::control", problems = report.problems.len(), left = report.unrepaired(), "fsck finished");

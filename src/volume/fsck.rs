@@ -31,8 +31,8 @@ use crate::meta::codec::{BlockRecord, Kind, decode_sealed};
 use crate::names::{Domain, Tag};
 use crate::pipeline::seal;
 
-/// What to check and whether to repair.
-#[derive(Clone, Copy, Debug)]
+/// What to check and whether to repair (also the request `bitcloud fsck` sends a mount).
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FsckOptions {
     /// Decrypt and verify every block (else check presence and size only).
     pub verify_data: bool,
