@@ -285,13 +285,7 @@ fn status_json(home: &Path) -> serde_json::Value {
 fn unsynced_writes_to_an_open_file_reach_disk_by_age() {
     use std::io::BufRead;
     let mut m = Mount::new();
-    m.stop();
-    std::fs::write(
-        m.home.join("config.toml"),
-        "[mount]\nwriteback_secs = 1\ncheckpoint_secs = 1\n",
-    )
-    .unwrap();
-    m.start();
+    m.remount_with_config("[mount]\nwriteback_secs = 1\ncheckpoint_secs = 1\n");
     let mnt = m.mnt.clone();
     let mut writer = std::process::Command::new("python3")
         .arg("-c")

@@ -13,13 +13,9 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/mount-tests/scripts/f
 #[test]
 fn random_io_matches_a_reference_file_and_survives_a_remount() {
     let mut m = Mount::new();
-    m.stop();
-    std::fs::write(
-        m.home.join("config.toml"),
+    m.remount_with_config(
         "[mount]\nwrite_buffer_mib = 16\nwriteback_secs = 1\ncheckpoint_secs = 1\n",
-    )
-    .unwrap();
-    m.start();
+    );
     let reference = tempfile::tempdir().unwrap();
     let seeds: Vec<u64> = std::env::var("BITCLOUD_FSX_SEEDS")
         .map(|s| s.split(',').map(|x| x.trim().parse().unwrap()).collect())

@@ -128,6 +128,13 @@ impl Mount {
         m
     }
 
+    /// Unmounts, writes `toml` as the volume's config.toml, and mounts again with it.
+    pub fn remount_with_config(&mut self, toml: &str) {
+        self.stop();
+        std::fs::write(self.home.join("config.toml"), toml).unwrap();
+        self.start();
+    }
+
     /// Sends a signal to the mount process (which keeps running).
     pub fn send_signal(&self, sig: i32) {
         let pid = self.child.as_ref().expect("mounted").id();
