@@ -3,6 +3,7 @@
 //! Every mount is unmounted and its process killed on drop, also when a test fails.
 
 mod cli;
+mod dirs;
 mod faults;
 mod fsx;
 mod harness;

@@ -360,10 +360,23 @@ impl Filesystem for BitcloudFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.volume.getattr(Ino(ino.0)) {
-            Ok(a) if a.inode.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+        match self.volume.opendir(Ino(ino.0)) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.volume.releasedir(Ino(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("releasedir", ino.0, &e)),
         }
     }
 

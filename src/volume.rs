@@ -109,6 +109,9 @@ pub struct Volume {
     block_size: u64,
     files: Mutex<HashMap<InodeNo, Arc<file::OpenFile>>>,
     handles: Mutex<HashMap<u64, InodeNo>>,
+    /// Open directory handles per directory: a removed directory lives (with nlink 0) until
+    /// the last is closed.
+    open_dirs: Mutex<HashMap<InodeNo, u32>>,
     next_fh: AtomicU64,
     sealer: sealer::Sealer,
     cache: cache::BlockCache,
@@ -186,6 +189,7 @@ impl Volume {
             block_size,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            open_dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             sealer: sealer::Sealer::start(weak.clone(), seal_threads),
             cache: cache::BlockCache::new(cache::BLOCK_CACHE_BLOCKS),

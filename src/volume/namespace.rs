@@ -63,8 +63,32 @@ pub struct DirEntry {
 /// First cookie used for real entries ("." is 1, ".." is 2).
 const FIRST_COOKIE: u64 = 3;
 
+/// Low bits of a tag's 64-bit prefix that a cookie drops. Cookies are directory offsets
+/// (`d_off`, `telldir`), and the kernel's `loff_t` is signed: a cookie at or above 2^63 makes
+/// `lseek(dirfd, d_off)` fail with EINVAL. Dropping two bits leaves room for the reserved
+/// cookies below [`FIRST_COOKIE`] and keeps every cookie below 2^62 + 3.
+const COOKIE_SHIFT: u32 = 2;
+/// The largest cookie an entry can have.
+const MAX_COOKIE: u64 = (u64::MAX >> COOKIE_SHIFT) + FIRST_COOKIE;
+
+/// The resume cookie of the entry with `tag`: its tag's order, so a listing resumed from any
+/// cookie neither skips nor repeats entries, however the directory changed meanwhile.
 fn cookie_of(tag: &Tag) -> u64 {
-    u64::from_be_bytes(tag[..8].try_into().expect("tags are 16 bytes")).max(FIRST_COOKIE)
+    (tag_prefix(tag) >> COOKIE_SHIFT) + FIRST_COOKIE
+}
+
+fn tag_prefix(tag: &Tag) -> u64 {
+    u64::from_be_bytes(tag[..8].try_into().expect("tags are 16 bytes"))
+}
+
+/// The greatest key an entry with `cookie` can have: a listing resumes after it. (Two tags
+/// that share their top 62 bits share a cookie; with 2^62 values that is vanishingly rare,
+/// and such a pair is returned or skipped together.)
+fn resume_after(cookie: u64) -> Tag {
+    let prefix = ((cookie - FIRST_COOKIE) << COOKIE_SHIFT) | ((1 << COOKIE_SHIFT) - 1);
+    let mut t = [0xffu8; 16];
+    t[..8].copy_from_slice(&prefix.to_be_bytes());
+    t
 }
 
 /// Inodes touched by one transaction, written back together at the end.
@@ -288,7 +312,7 @@ impl Volume {
             inode.nlink = inode.nlink.saturating_sub(1);
         }
         if inode.nlink == 0 {
-            if self.is_open(ino) {
+            if self.is_open(ino) || self.open_dirs.lock().contains_key(&ino) {
                 tx.add_orphan(ino)?;
             } else {
                 work.inodes.remove(&ino);
@@ -478,11 +502,7 @@ impl Volume {
         if dir.kind != Kind::Dir {
             return Err(VolumeError::NotDir);
         }
-        let after = (cookie >= FIRST_COOKIE).then(|| {
-            let mut t = [0xffu8; 16];
-            t[..8].copy_from_slice(&cookie.to_be_bytes());
-            t
-        });
+        let after = (cookie >= FIRST_COOKIE).then(|| resume_after(cookie.min(MAX_COOKIE)));
         let rows = tx.list_dir(ino, after.as_ref(), limit)?;
         let mut out = Vec::with_capacity(rows.len());
         for (tag, d) in rows {
@@ -503,6 +523,58 @@ impl Volume {
             });
         }
         Ok(out)
+    }
+
+    /// Opens directory `ino` for reading. While it is open it outlives its removal: `fstat`
+    /// still works (with nlink 0), and the inode is freed at the last [`releasedir`].
+    ///
+    /// [`releasedir`]: Volume::releasedir
+    pub fn opendir(&self, ino: InodeNo) -> Result<()> {
+        // Count first, check after: a removal that runs in between sees it open.
+        *self.open_dirs.lock().entry(ino).or_insert(0) += 1;
+        let checked = self.getattr(ino).and_then(|a| match a.inode.kind {
+            Kind::Dir => Ok(()),
+            _ => Err(VolumeError::NotDir),
+        });
+        if checked.is_err() {
+            self.forget_open_dir(ino);
+        }
+        checked
+    }
+
+    /// Closes a handle of directory `ino`; the last close frees it if it was removed.
+    pub fn releasedir(&self, ino: InodeNo) -> Result<()> {
+        if !self.forget_open_dir(ino) {
+            return Ok(());
+        }
+        // Removed while open: the removal parked it as an orphan. Take the write transaction
+        // first, then re-check that nobody opened it meanwhile.
+        let mut tx = self.meta.write()?;
+        if self.open_dirs.lock().contains_key(&ino) {
+            return Ok(());
+        }
+        if tx.inode(ino)?.is_some_and(|i| i.nlink == 0) {
+            tx.remove_inode(ino)?;
+            tx.commit()?;
+            self.mark_dirty();
+        }
+        Ok(())
+    }
+
+    /// Drops one open count of `ino`; whether it was the last.
+    fn forget_open_dir(&self, ino: InodeNo) -> bool {
+        let mut open = self.open_dirs.lock();
+        match open.get_mut(&ino) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                open.remove(&ino);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The parent of directory `ino` (for "..").
