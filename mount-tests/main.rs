@@ -4,9 +4,11 @@
 
 mod cli;
 mod dirs;
+mod export;
 mod faults;
 mod fsx;
 mod harness;
+mod mounting;
 mod posix;
 mod service;
 mod tools;

@@ -149,3 +149,57 @@ print("ok")
 "#;
     assert_eq!(sh(&m.mnt, &format!("python3 -c '{script}'")), "ok\n");
 }
+
+/// "After a write returns, every read of that range sees it, whatever the open flags."
+/// Regression: with FUSE's asynchronous direct I/O, AIO + O_DIRECT writes left pages that a
+/// concurrent buffered reader had cached meanwhile, and later buffered reads returned the old
+/// bytes (fstests' aio-dio-cycle-write pattern; failed in the first cycle).
+#[test]
+fn direct_writes_are_seen_by_buffered_readers() {
+    let m = Mount::new();
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/mount-tests/scripts/aio_dio_cycle.c"
+    );
+    let bin = tempfile::tempdir().unwrap();
+    let exe = bin.path().join("aio_dio_cycle");
+    sh(bin.path(), &format!("cc -O2 -o {} {src}", exe.display()));
+    let out = sh(&m.mnt, &format!("{} cycled 100", exe.display()));
+    assert_eq!(out, "ok\n");
+}
+
+/// "A change of a file's data by another user than root through fallocate or hole punching
+/// drops set-user-id, and set-group-id when the file is group-executable, as write(2) does
+/// and as ext4 does for these calls." Regression: the bits survived (privilege escalation
+/// material).
+#[test]
+fn fallocate_by_another_user_drops_set_id_bits() {
+    let m = Mount::with_options(&["allow_other"]);
+    sh(&m.mnt, "chmod 777 .");
+    let cases = [
+        // (mode set by root, operation by `tests`, mode after)
+        ("6777", "fallocate -l 1M", "777"),
+        ("2777", "fallocate -p -o 0 -l 4096", "777"),
+        ("2767", "fallocate -l 1M", "2767"), // not group-executable: a locking mark, kept
+        ("4766", "fallocate -p -o 0 -l 4096", "766"),
+        ("2777", "fallocate -n -l 1M", "777"), // KEEP_SIZE too
+    ];
+    for (i, (before, op, after)) in cases.iter().enumerate() {
+        let f = format!("f{i}");
+        sh(
+            &m.mnt,
+            &format!("head -c 8192 /dev/urandom > {f} && chmod {before} {f}"),
+        );
+        sh(&m.mnt, &format!("runuser -u tests -- {op} {f}"));
+        assert_eq!(
+            sh(&m.mnt, &format!("stat -c %a {f}")).trim(),
+            *after,
+            "{op} on a file of mode {before}"
+        );
+    }
+    // Root keeps them (CAP_FSETID).
+    sh(
+        &m.mnt,
+        "head -c 8192 /dev/urandom > r && chmod 6777 r && fallocate -l 1M r && test $(stat -c %a r) = 6777",
+    );
+}

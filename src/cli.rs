@@ -9,6 +9,7 @@ mod completions;
 mod fsck;
 mod init;
 mod mount;
+pub mod mount_helper;
 mod passphrase;
 mod progress;
 pub mod service;

@@ -16,6 +16,7 @@
 //! deletions (see `Volume::load`).
 
 pub mod control;
+pub mod fusemount;
 pub mod mountpoint;
 pub mod notify;
 pub mod status;
@@ -28,15 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use fuser::{MountOption, SessionACL};
 
 use crate::config::{Config, Paths};
 use crate::fuse::BitcloudFs;
 use crate::keys::VolumeKeys;
 use crate::volume::Volume;
-
-/// The filesystem type shown in /proc/mounts is `fuse.<SUBTYPE>`.
-pub const SUBTYPE: &str = "bitcloud";
 
 /// An exclusive lock on the volume, held for as long as it is mounted.
 #[derive(Debug)]
@@ -89,47 +86,6 @@ pub struct MountRequest {
     pub config: Config,
 }
 
-fn fuse_options(opts: &[String]) -> Result<(Vec<MountOption>, SessionACL)> {
-    let mut out = vec![
-        MountOption::FSName("bitcloud".into()),
-        MountOption::Subtype(SUBTYPE.into()),
-        MountOption::DefaultPermissions,
-    ];
-    let mut acl = SessionACL::Owner;
-    for o in opts {
-        match o.as_str() {
-            "" => {}
-            "allow_other" => acl = SessionACL::All,
-            "allow_root" => acl = SessionACL::RootAndOwner,
-            "default_permissions" => {}
-            "ro" => out.push(MountOption::RO),
-            "rw" => out.push(MountOption::RW),
-            "exec" => out.push(MountOption::Exec),
-            "noexec" => out.push(MountOption::NoExec),
-            "suid" => out.push(MountOption::Suid),
-            "nosuid" => out.push(MountOption::NoSuid),
-            "dev" => out.push(MountOption::Dev),
-            "nodev" => out.push(MountOption::NoDev),
-            "atime" => out.push(MountOption::Atime),
-            "noatime" => out.push(MountOption::NoAtime),
-            "sync" => out.push(MountOption::Sync),
-            "async" => out.push(MountOption::Async),
-            "dirsync" => out.push(MountOption::DirSync),
-            "auto_unmount" => out.push(MountOption::AutoUnmount),
-            o if o.starts_with("fsname=") || o.starts_with("subtype=") => {
-                bail!(
-                    "mount option {o:?} cannot be changed: bitcloud mounts are fsname=bitcloud, type fuse.bitcloud"
-                )
-            }
-            o => bail!("unknown mount option {o:?} (see `bitcloud mount --help`)"),
-        }
-    }
-    if out.contains(&MountOption::AutoUnmount) && acl == SessionACL::Owner {
-        bail!("-o auto_unmount needs -o allow_other or -o allow_root");
-    }
-    Ok((out, acl))
-}
-
 /// Checks the mountpoint, detaching a dead mount left by a crash. Returns its canonical path.
 pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
     if mountpoint::is_stale(path) {
@@ -177,23 +133,31 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         let _in_runtime = runtime.enter();
         Signals::install()?
     };
+    let spec = fusemount::MountSpec::parse(&req.options)?;
     let mountpoint = prepare_mountpoint(&req.mountpoint)?;
-    let (options, acl) = fuse_options(&req.options)?;
     let _lock = VolumeLock::acquire(&paths.lock_file())?;
     let (volume, recovery) =
         Volume::load(&paths.volume_dir(), req.keys, req.config.mount.seal_threads)
             .context("opening the volume")?;
     volume.set_write_buffer(req.config.mount.write_buffer_mib << 20);
+    volume.set_atime_rules(spec.atime);
     if recovery.orphans_removed + recovery.stray_blocks_removed > 0 {
         tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
     }
 
     let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = acl;
+    fuse_config.acl = spec.acl;
     fuse_config.n_threads = Some(req.config.mount.fuse_threads);
-    let session = fuser::Session::new(BitcloudFs::new(volume.clone()), &mountpoint, &fuse_config)
-        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let (fuse_fd, _auto_unmount) = fusemount::mount(&mountpoint, &spec)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?
+        .into_parts();
+    let session = fuser::Session::from_fd(
+        BitcloudFs::new(volume.clone()),
+        fuse_fd,
+        spec.acl,
+        fuse_config,
+    )
+    .with_context(|| format!("starting the FUSE session at {}", mountpoint.display()))?;
     let background = session.spawn().context("starting the FUSE session")?;
 
     // Ready only once the mount answers: stat of the root goes through our getattr.

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -30,7 +30,7 @@ use crate::volume::{NewNode, RenameMode, SetAttr, Volume, XattrMode};
 mod convert;
 
 pub use convert::errno_of;
-use convert::{caller, fail, file_type, time_set, to_fuse};
+use convert::{caller, fail, file_type, generation, time_set, to_fuse};
 
 /// How long the kernel may cache entries and attributes.
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
@@ -61,7 +61,9 @@ impl Filesystem for BitcloudFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_DIO,
+            // File handles (NFS re-export, open_by_handle_at): the kernel may look up "." of
+            // any inode number and ".." of a directory; generations come from `generation`.
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -70,7 +72,7 @@ impl Filesystem for BitcloudFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.volume.lookup(Ino(parent.0), name.as_bytes()) {
-            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), generation(&a)),
             Err(e) => reply.error(fail("lookup", parent.0, &e)),
         }
     }
@@ -152,7 +154,7 @@ impl Filesystem for BitcloudFs {
             },
             caller(req),
         ) {
-            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), generation(&a)),
             Err(e) => reply.error(fail("mknod", parent.0, &e)),
         }
     }
@@ -177,7 +179,7 @@ impl Filesystem for BitcloudFs {
             },
             caller(req),
         ) {
-            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), generation(&a)),
             Err(e) => reply.error(fail("mkdir", parent.0, &e)),
         }
     }
@@ -216,7 +218,7 @@ impl Filesystem for BitcloudFs {
             },
             caller(req),
         ) {
-            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), generation(&a)),
             Err(e) => reply.error(fail("symlink", parent.0, &e)),
         }
     }
@@ -264,17 +266,18 @@ impl Filesystem for BitcloudFs {
             .volume
             .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes())
         {
-            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&ATTR_TTL, &to_fuse(&a), generation(&a)),
             Err(e) => reply.error(fail("link", ino.0, &e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        match self
-            .volume
-            .open(Ino(ino.0), crate::volume::OpenFlags { write })
-        {
+        let access = flags.0 & libc::O_ACCMODE;
+        let open = crate::volume::OpenFlags {
+            read: access != libc::O_WRONLY,
+            write: access != libc::O_RDONLY,
+        };
+        match self.volume.open(Ino(ino.0), open) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fail("open", ino.0, &e)),
         }
@@ -438,7 +441,7 @@ impl Filesystem for BitcloudFs {
                 Ok(a) => a,
                 Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
             };
-            if offset == 0 && reply.add(ino, 1, ".", &ATTR_TTL, &to_fuse(&me), Generation(0)) {
+            if offset == 0 && reply.add(ino, 1, ".", &ATTR_TTL, &to_fuse(&me), generation(&me)) {
                 return reply.ok();
             }
             let parent = match self
@@ -455,7 +458,7 @@ impl Filesystem for BitcloudFs {
                 "..",
                 &ATTR_TTL,
                 &to_fuse(&parent),
-                Generation(0),
+                generation(&parent),
             ) {
                 return reply.ok();
             }
@@ -470,18 +473,14 @@ impl Filesystem for BitcloudFs {
                 return reply.ok();
             }
             for e in entries {
-                let attr = e
-                    .attr
-                    .as_ref()
-                    .map(to_fuse)
-                    .expect("readdir with plus fills attrs");
+                let a = e.attr.as_ref().expect("readdir with plus fills attrs");
                 if reply.add(
                     INodeNo(e.ino.0),
                     e.cookie,
                     OsStr::from_bytes(&e.name),
                     &ATTR_TTL,
-                    &attr,
-                    Generation(0),
+                    &to_fuse(a),
+                    generation(a),
                 ) {
                     return reply.ok();
                 }
@@ -601,12 +600,12 @@ impl Filesystem for BitcloudFs {
                 },
                 caller(req),
             )
-            .and_then(|a| Ok((v.open(a.ino, crate::volume::OpenFlags { write: true })?, a)));
+            .and_then(|a| Ok((v.open(a.ino, crate::volume::OpenFlags::write_only())?, a)));
         match created {
             Ok((fh, a)) => reply.created(
                 &ATTR_TTL,
                 &to_fuse(&a),
-                Generation(0),
+                generation(&a),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
@@ -616,7 +615,7 @@ impl Filesystem for BitcloudFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -624,7 +623,10 @@ impl Filesystem for BitcloudFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.volume.fallocate(Ino(ino.0), offset, length, mode) {
+        match self
+            .volume
+            .fallocate(Ino(ino.0), offset, length, mode, caller(req))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fallocate", ino.0, &e)),
         }

@@ -8,6 +8,14 @@ fn main() {
     // 98 MiB with one arena, at the same speed. Two arenas keep some allocation parallelism.
     // SAFETY: mallopt only tunes the allocator; called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    let argv: Vec<String> = std::env::args().collect();
+    if argv
+        .first()
+        .is_some_and(|a| bitcloud::cli::mount_helper::invoked_as_helper(a))
+    {
+        // mount(8) and fstab: `mount -t fuse.bitcloud SOURCE DIR -o ...`.
+        std::process::exit(bitcloud::cli::mount_helper::run(&argv[1..]));
+    }
     let cli = bitcloud::cli::Cli::parse();
     // fuser warns "Unmount failed: Invalid argument" at every clean stop: its session
     // unmounts on drop, after the daemon already unmounted by path (see daemon.rs).

@@ -14,6 +14,7 @@
 //! `dirty` (the write buffer and its budget), `sealer` (background sealing threads), `xattr`,
 //! `cache` (decrypted block cache), `fsck` (the end-to-end check and its repairs).
 
+mod atime;
 mod cache;
 mod commit;
 mod dirty;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+pub use atime::{AtimePolicy, AtimeRules};
 pub use dirty::DEFAULT_WRITE_BUFFER;
 pub use error::{Result, VolumeError};
 pub use file::OpenFlags;
@@ -130,6 +132,10 @@ pub struct Volume {
     durable_commits: AtomicU64,
     /// Memory for dirty blocks of all open files (see `dirty`).
     write_budget: Arc<dirty::WriteBudget>,
+    /// The mount's `AtimeRules`, encoded (see `atime`).
+    atime_rules: std::sync::atomic::AtomicU8,
+    /// Access times recorded since the last checkpoint, not yet written (see `atime`).
+    atimes: Mutex<HashMap<InodeNo, Timestamp>>,
     /// This volume, for work handed to background threads.
     me: std::sync::Weak<Volume>,
 }
@@ -201,6 +207,8 @@ impl Volume {
             commits: AtomicU64::new(0),
             durable_commits: AtomicU64::new(0),
             write_budget: Arc::new(dirty::WriteBudget::new(block_size, DEFAULT_WRITE_BUFFER)),
+            atime_rules: std::sync::atomic::AtomicU8::new(atime::default_encoded()),
+            atimes: Mutex::new(HashMap::new()),
             me: weak.clone(),
         });
         let recovery = volume.recover()?;
@@ -279,6 +287,7 @@ impl Volume {
     /// Makes everything committed so far durable: block files first, then the metadata.
     /// Returns the gc epoch now covered. This is all `fsync` waits for.
     pub fn make_durable(&self) -> Result<u64> {
+        self.write_atimes()?;
         // Every commit counted so far has finished (the count follows the commit).
         let upto = self.commits.load(Ordering::SeqCst);
         self.needs_checkpoint.store(false, Ordering::Relaxed);
@@ -348,12 +357,13 @@ impl Volume {
     /// memory (see `OpenFile::overlay`).
     fn attr_of(&self, ino: InodeNo, inode: Inode) -> Attr {
         let open = self.files.lock().get(&ino).cloned();
-        let inode = match open {
+        let mut inode = match open {
             Some(f) => f
                 .overlay(|| self.meta.read().ok()?.inode(ino).ok()?)
                 .unwrap_or(inode),
             None => inode,
         };
+        self.overlay_atime(ino, &mut inode);
         let blocks512 = if inode.kind == Kind::File {
             (inode.stored_blocks * self.block_size).min(inode.size.div_ceil(512) * 512) / 512
         } else {
@@ -414,6 +424,7 @@ impl Volume {
             TimeSet::At(ts) => ts,
         };
         if let Some(t) = req.atime {
+            self.forget_atime(ino);
             inode.atime = resolve(t);
             changed = true;
         }

@@ -149,7 +149,7 @@ impl Harness {
                 let data: Vec<u8> = (0..len)
                     .map(|i| seed.wrapping_add((i % 251) as u8) | 1)
                     .collect();
-                let fh = self.v().open(ino, OpenFlags { write: true }).unwrap();
+                let fh = self.v().open(ino, OpenFlags::write_only()).unwrap();
                 assert_eq!(
                     self.v().write(ino, offset as u64, &data).unwrap(),
                     data.len()

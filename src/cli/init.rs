@@ -1,7 +1,7 @@
 //! `bitcloud init`: identity, keys, empty volume, default config.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -23,7 +23,56 @@ pub struct InitArgs {
 }
 
 pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
-    let bs = args.block_size;
+    let created = create(paths, args.passphrase_file.as_deref(), args.block_size)?;
+    for line in created.summary() {
+        println!("{line}");
+    }
+    println!("Next: bitcloud mount ~/cloud");
+    Ok(())
+}
+
+/// What [`create`] made.
+#[derive(Debug)]
+pub struct Created {
+    identity_path: PathBuf,
+    public_key: String,
+    volume_dir: PathBuf,
+    config: PathBuf,
+    protected: bool,
+}
+
+impl Created {
+    /// What to tell the user: where everything is, and that the identity must be kept.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = vec![
+            "bitcloud: initialised a new volume".to_string(),
+            format!("  identity     {}", self.identity_path.display()),
+            format!("  public key   {}", self.public_key),
+            format!("  volume       {}", self.volume_dir.display()),
+            format!("  config       {}", self.config.display()),
+        ];
+        if self.protected {
+            out.push("  protection   passphrase (age scrypt)".into());
+        } else {
+            out.push(
+                "  protection   NONE: the identity file is unencrypted (mode 0600). Anyone who can"
+                    .into(),
+            );
+            out.push(
+                "               read it can read the volume. Set BITCLOUD_PASSPHRASE or use".into(),
+            );
+            out.push("               --passphrase-file at init to protect it.".into());
+        }
+        out.push(format!(
+            "Keep a copy of {} somewhere safe: it alone recovers the volume.",
+            self.identity_path.display()
+        ));
+        out
+    }
+}
+
+/// Creates the identity, the volume and the default config under `paths`.
+pub fn create(paths: &Paths, passphrase_file: Option<&Path>, bs: u32) -> Result<Created> {
     if !bs.is_power_of_two() || !(64 << 10..=16 << 20).contains(&bs) {
         bail!("--block-size {bs} is not a power of two between 65536 and 16777216");
     }
@@ -48,7 +97,7 @@ pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let pass = super::passphrase::given(args.passphrase_file.as_deref())?;
+    let pass = super::passphrase::given(passphrase_file)?;
     let identity = keys::create_identity_file(&identity_path, pass.as_ref())?;
     // SAFETY: getuid/getgid cannot fail.
     let owner = Caller {
@@ -61,21 +110,11 @@ pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
         std::fs::write(&config, DEFAULT_CONFIG)
             .with_context(|| format!("writing {}", config.display()))?;
     }
-    println!("bitcloud: initialised a new volume");
-    println!("  identity     {}", identity_path.display());
-    println!("  public key   {}", identity.to_public());
-    println!("  volume       {}", paths.volume_dir().display());
-    println!("  config       {}", config.display());
-    if pass.is_some() {
-        println!("  protection   passphrase (age scrypt)");
-    } else {
-        println!(
-            "  protection   NONE: the identity file is unencrypted (mode 0600). Anyone who can"
-        );
-        println!("               read it can read the volume. Set BITCLOUD_PASSPHRASE or use");
-        println!("               --passphrase-file at init to protect it.");
-    }
-    println!("Keep a copy of the identity file somewhere safe: it alone recovers the volume.");
-    println!("Next: mkdir -p ~/cloud && bitcloud mount ~/cloud");
-    Ok(())
+    Ok(Created {
+        identity_path,
+        public_key: identity.to_public().to_string(),
+        volume_dir: paths.volume_dir(),
+        config,
+        protected: pass.is_some(),
+    })
 }

@@ -10,11 +10,14 @@ use crate::daemon::{MountRequest, run_mount};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// An existing, empty directory to mount the volume on.
+    /// An empty directory to mount the volume on (created if missing and inside your home).
     pub mountpoint: PathBuf,
 
-    /// FUSE mount options, comma-separated, repeatable: allow_other, allow_root, ro, noexec,
-    /// nosuid, nodev, noatime, sync, dirsync, auto_unmount (with allow_other/allow_root).
+    /// Mount options, comma-separated, repeatable: allow_other, allow_root, ro, rw, noexec,
+    /// nosuid/suid, nodev/dev, sync, dirsync, auto_unmount (with allow_other/allow_root),
+    /// fsname=NAME and subtype=NAME (shown in /proc/mounts as NAME ... fuse.NAME; default
+    /// bitcloud), and the access-time policies relatime (default), strictatime, noatime,
+    /// nodiratime, lazytime. fstab's own options (noauto, nofail, _netdev, x-*) are ignored.
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
 
@@ -22,6 +25,11 @@ pub struct MountArgs {
     /// works; otherwise you are asked on the terminal.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+
+    /// Refuse to create a new volume when this home has none (by default the first mount
+    /// creates one, like `bitcloud init`).
+    #[arg(long)]
+    pub no_init: bool,
 
     /// Overrides mount.seal_threads from config.toml.
     #[arg(long, value_name = "N")]
@@ -44,14 +52,63 @@ pub struct MountArgs {
     pub writeback_secs: Option<u64>,
 }
 
+/// Creates a missing mountpoint if it lies inside the user's home directory (elsewhere a
+/// typo should not silently make directories).
+fn create_mountpoint_in_home(mountpoint: &std::path::Path) -> Result<()> {
+    if std::fs::symlink_metadata(mountpoint).is_ok() {
+        return Ok(());
+    }
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return Ok(());
+    };
+    let absolute = std::path::absolute(mountpoint)?;
+    let climbs = absolute
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if home.as_os_str().is_empty()
+        || home == std::path::Path::new("/")
+        || climbs
+        || !absolute.starts_with(&home)
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&absolute)
+        .with_context(|| format!("creating the mountpoint {}", absolute.display()))?;
+    eprintln!("bitcloud: created the mountpoint {}", absolute.display());
+    Ok(())
+}
+
 pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     let identity = paths.identity_file();
-    if !identity.exists() || !paths.volume_dir().join("meta.redb").exists() {
+    let has_identity = identity.exists();
+    let has_volume = paths.volume_dir().join("meta.redb").exists();
+    if !has_identity && !has_volume {
+        if args.no_init {
+            bail!(
+                "not initialised: no volume under {} (run `bitcloud init`, or mount without --no-init to create one)",
+                paths.config_dir.display()
+            );
+        }
+        // First run: make the volume, and say so plainly (the identity must be backed up).
+        let created = super::init::create(paths, args.passphrase_file.as_deref(), 1 << 20)
+            .context("creating a new volume for this first mount")?;
+        for line in created.summary() {
+            eprintln!("{line}");
+        }
+    } else if !has_identity {
         bail!(
-            "not initialised: no volume under {} (run `bitcloud init` first)",
-            paths.config_dir.display()
+            "the volume in {} has no identity file ({} is missing): restore it from your backup",
+            paths.volume_dir().display(),
+            identity.display()
+        );
+    } else if !has_volume {
+        bail!(
+            "{} exists but there is no volume in {} (restore it, or remove the identity and mount again to start a new volume)",
+            identity.display(),
+            paths.volume_dir().display()
         );
     }
+    create_mountpoint_in_home(&args.mountpoint)?;
     let mut config = Config::load(&paths.config_file())?;
     let m = &mut config.mount;
     m.seal_threads = args.seal_threads.unwrap_or(m.seal_threads);

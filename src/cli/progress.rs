@@ -22,6 +22,8 @@ pub struct Progress {
     phase: String,
     phase_started: Instant,
     last: Option<Instant>,
+    /// The counts of the last line shown in this phase.
+    shown: Option<(u64, u64)>,
     drawn: bool,
 }
 
@@ -41,31 +43,17 @@ impl Progress {
             phase: String::new(),
             phase_started: Instant::now(),
             last: None,
+            shown: None,
             drawn: false,
         }
     }
 
     /// Reports `done` of `total` in `phase` (`bytes`: the counts are bytes, else items).
     pub fn update(&mut self, phase: &str, done: u64, total: u64, bytes: bool) {
-        let now = Instant::now();
-        if phase != self.phase {
-            self.phase = phase.into();
-            self.phase_started = now;
-            self.last = None;
-        }
-        let every = if self.tty { TTY_EVERY } else { PLAIN_EVERY };
+        let Some(line) = self.next_line(phase, done, total, bytes, Instant::now()) else {
+            return;
+        };
         let finished = done >= total;
-        if !finished && self.last.is_some_and(|t| now - t < every) {
-            return;
-        }
-        if !self.tty && !finished && self.last.is_none() {
-            // Plain lines: the first one only after PLAIN_EVERY, so a quick phase logs one
-            // line (its end), a long one a line every few seconds.
-            self.last = Some(now);
-            return;
-        }
-        self.last = Some(now);
-        let line = self.line(done, total, bytes, now - self.phase_started);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");
@@ -78,6 +66,43 @@ impl Progress {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();
+    }
+
+    /// What an update at `now` shows, if anything: at most one line per interval, none when
+    /// nothing moved since the last one (a caller polling a finished phase, like `umount`
+    /// waiting on the final checkpoint, printed the same line over and over), and the end of
+    /// each phase exactly once.
+    fn next_line(
+        &mut self,
+        phase: &str,
+        done: u64,
+        total: u64,
+        bytes: bool,
+        now: Instant,
+    ) -> Option<String> {
+        if phase != self.phase {
+            self.phase = phase.into();
+            self.phase_started = now;
+            self.last = None;
+            self.shown = None;
+        }
+        if self.shown == Some((done, total)) {
+            return None;
+        }
+        let every = if self.tty { TTY_EVERY } else { PLAIN_EVERY };
+        let finished = done >= total;
+        if !finished && self.last.is_some_and(|t| now - t < every) {
+            return None;
+        }
+        if !self.tty && !finished && self.last.is_none() {
+            // Plain lines: the first one only after PLAIN_EVERY, so a quick phase logs one
+            // line (its end), a long one a line every few seconds.
+            self.last = Some(now);
+            return None;
+        }
+        self.last = Some(now);
+        self.shown = Some((done, total));
+        Some(self.line(done, total, bytes, now - self.phase_started))
     }
 
     /// The text of one update (without the redraw codes).
@@ -164,6 +189,37 @@ mod tests {
             l.ends_with("100% (1.0 GiB of 1.0 GiB), 256.0 MiB/s, done in 4 s"),
             "{l}"
         );
+    }
+
+    /// Regression: `umount` off a terminal printed the same "100% ... done" line a dozen
+    /// times (with a falling rate) while it polled a finished phase.
+    #[test]
+    fn a_finished_phase_is_reported_once() {
+        for tty in [false, true] {
+            let mut p = Progress::with_mode("umount", tty);
+            let t0 = Instant::now();
+            let mut lines = 0;
+            for i in 0..40u64 {
+                let now = t0 + Duration::from_millis(50 * i);
+                let (done, total) = if i < 10 { (i, 10) } else { (10, 10) };
+                lines += p.next_line("writing", done, total, true, now).is_some() as usize;
+            }
+            // Plain: only the end (the phase took < 5 s); tty: redraws, one end.
+            assert!(
+                if tty { lines <= 11 } else { lines == 1 },
+                "tty {tty}: {lines} lines"
+            );
+            let mut shown_done = 0;
+            for i in 0..20u64 {
+                let now = t0 + Duration::from_secs(10 + i);
+                shown_done += p.next_line("writing", 10, 10, true, now).is_some() as usize;
+            }
+            assert_eq!(shown_done, 0, "tty {tty}: the end again");
+            assert!(
+                p.next_line("checkpoint", 1, 1, false, t0 + Duration::from_secs(40))
+                    .is_some()
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,16 @@ fn pending_bytes(paths: &Paths) -> Option<u64> {
         .as_u64()
 }
 
+/// Whether this home's running mount serves `mountpoint` (a mount with its own `fsname=` or
+/// `subtype=` does not look like bitcloud in /proc/mounts).
+fn served_by(paths: &Paths, mountpoint: &std::path::Path) -> bool {
+    control::request(&paths.control_socket(), "status")
+        .ok()
+        .and_then(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .and_then(|v| v.get("mountpoint")?.as_str().map(std::path::PathBuf::from))
+        .is_some_and(|p| p == mountpoint)
+}
+
 pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
     let path = &args.mountpoint;
     if mountpoint::is_stale(path) {
@@ -43,7 +53,7 @@ pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
     let canonical = std::fs::canonicalize(path)
         .map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", path.display()))?;
     match mountpoint::mount_at(&canonical) {
-        Some(m) if m.is_bitcloud() => {}
+        Some(m) if m.is_bitcloud() || served_by(paths, &canonical) => {}
         Some(m) => bail!(
             "{} is not a bitcloud mount (it is {})",
             canonical.display(),

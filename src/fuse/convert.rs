@@ -2,7 +2,7 @@
 //! attributes, file types and times, the caller of a request, and the log line of a failed
 //! request.
 
-use fuser::{Errno, FileAttr, FileType, INodeNo, Request, TimeOrNow};
+use fuser::{Errno, FileAttr, FileType, Generation, INodeNo, Request, TimeOrNow};
 
 use crate::meta::codec::{Kind, Timestamp};
 use crate::volume::{Attr, Caller, TimeSet, VolumeError};
@@ -64,6 +64,16 @@ pub(super) fn to_fuse(a: &Attr) -> FileAttr {
         blksize: a.blksize,
         flags: 0,
     }
+}
+
+/// The generation the kernel puts in file handles (NFS export, `open_by_handle_at`) beside
+/// the inode number. Derived from the creation time, so it is the same after a remount and
+/// differs for an inode number reused after a crash rolled the allocator back. The kernel
+/// keeps 32 bits.
+pub(super) fn generation(a: &Attr) -> Generation {
+    let c = a.inode.crtime;
+    let mixed = (c.secs as u64).wrapping_mul(0x9E37_79B9) ^ u64::from(c.nanos);
+    Generation(mixed & 0xffff_ffff)
 }
 
 pub(super) fn time_set(t: TimeOrNow) -> TimeSet {

@@ -30,7 +30,17 @@ use crate::meta::codec::{Inode, Kind, Timestamp};
 /// How a file is being opened.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenFlags {
+    pub read: bool,
     pub write: bool,
+}
+
+impl OpenFlags {
+    pub fn write_only() -> OpenFlags {
+        OpenFlags {
+            read: false,
+            write: true,
+        }
+    }
 }
 
 pub(super) struct FileState {
@@ -172,15 +182,21 @@ impl Volume {
             .is_some_and(|f| f.opens.load(Ordering::SeqCst) > 0)
     }
 
-    /// Opens a regular file; returns a handle number.
-    pub fn open(&self, ino: InodeNo, _flags: OpenFlags) -> Result<u64> {
+    /// Opens a regular file; returns a handle number. Opening for reading counts as an access
+    /// (see `atime`): reads the kernel then serves from its page cache never reach the volume.
+    pub fn open(&self, ino: InodeNo, flags: OpenFlags) -> Result<u64> {
         let file = self.file(ino)?;
+        if flags.read
+            && let Some(inode) = file.overlay(|| self.meta.read().ok()?.inode(ino).ok()?)
+        {
+            self.touch_atime(ino, &inode, false);
+        }
         {
             let files = self.files.lock();
             // Re-check under the map lock: eviction may have raced with us.
             if !files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, &file)) {
                 drop(files);
-                return self.open(ino, _flags);
+                return self.open(ino, flags);
             }
             file.opens.fetch_add(1, Ordering::SeqCst);
         }
@@ -451,8 +467,39 @@ impl Volume {
         Ok(())
     }
 
+    /// Drops set-user-id, and set-group-id where it means "set group on exec", when someone
+    /// other than root changes a file's data outside write(2) (fallocate, hole punching): the
+    /// kernel does this itself for writes through FUSE, ext4 for these too (`file_remove_privs`).
+    fn remove_privs(&self, ino: InodeNo, caller: super::Caller) -> Result<()> {
+        if caller.uid == 0 {
+            return Ok(());
+        }
+        let mut tx = self.meta.write()?;
+        let mut inode = self.load_inode(&tx, ino)?;
+        let mut kill = 0o4000;
+        if inode.perm & 0o010 != 0 {
+            kill |= 0o2000;
+        }
+        if inode.perm & kill == 0 {
+            return Ok(());
+        }
+        inode.perm &= !kill;
+        inode.ctime = Timestamp::now();
+        tx.put_inode(ino, &inode)?;
+        tx.commit()?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     /// fallocate(2): mode 0 (extend), KEEP_SIZE (no-op: nothing to reserve), PUNCH_HOLE.
-    pub fn fallocate(&self, ino: InodeNo, offset: u64, len: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: super::Caller,
+    ) -> Result<()> {
         let end = offset.checked_add(len).ok_or(VolumeError::FileTooBig)?;
         if end > super::MAX_FILE_SIZE {
             return Err(VolumeError::FileTooBig);
@@ -465,6 +512,7 @@ impl Volume {
             return Err(VolumeError::NotSupported("fallocate mode"));
         }
         let file = self.file(ino)?;
+        self.remove_privs(ino, caller)?;
         if punch {
             let size = file.lock().size;
             let end = end.min(size);

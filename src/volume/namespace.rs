@@ -148,6 +148,11 @@ impl Volume {
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Attr> {
         let tx = self.meta.read()?;
         let dir = self.load_inode(&tx, parent)?;
+        if name == b"." {
+            // Any inode, not only directories: the kernel resolves a file handle of an inode
+            // it no longer caches by looking up "." of its number (export support).
+            return Ok(self.attr_of(parent, dir));
+        }
         if dir.kind != Kind::Dir {
             return Err(VolumeError::NotDir);
         }
@@ -503,6 +508,10 @@ impl Volume {
             return Err(VolumeError::NotDir);
         }
         let after = (cookie >= FIRST_COOKIE).then(|| resume_after(cookie.min(MAX_COOKIE)));
+        if cookie < FIRST_COOKIE {
+            // A listing starts: an access of the directory.
+            self.touch_atime(ino, &dir, true);
+        }
         let rows = tx.list_dir(ino, after.as_ref(), limit)?;
         let mut out = Vec::with_capacity(rows.len());
         for (tag, d) in rows {

@@ -29,19 +29,24 @@ impl Volume {
     pub fn read(&self, ino: InodeNo, offset: u64, len: u32) -> Result<Vec<u8>> {
         let file = self.file(ino)?;
         let bs = self.block_size;
-        let (end, sources) = {
+        let (end, sources, inode) = {
             let st = file.lock();
+            let tx = self.meta.read()?;
+            // The inode as the world sees it, for the access-time rules.
+            let mut inode = self.load_inode(&tx, ino)?;
+            if st.attr_dirty {
+                st.stamp(&mut inode);
+            }
             let end = st.size.min(offset.saturating_add(len as u64));
             if offset >= end {
                 drop(st);
                 self.maybe_evict(&file);
+                self.touch_atime(ino, &inode, false);
                 return Ok(Vec::new());
             }
             let first = offset / bs;
             let last = (end - 1) / bs;
-            let mapped: BTreeMap<u64, BlockId> = self
-                .meta
-                .read()?
+            let mapped: BTreeMap<u64, BlockId> = tx
                 .blocks_in(ino, first, last + 1 + PREFETCH_AHEAD)?
                 .into_iter()
                 .collect();
@@ -71,7 +76,7 @@ impl Volume {
                     (i, s)
                 })
                 .collect();
-            (end, sources)
+            (end, sources, inode)
         };
         let mut out = vec![0u8; (end - offset) as usize];
         for (index, source) in sources {
@@ -101,6 +106,7 @@ impl Volume {
                 out[dst].copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
             }
         }
+        self.touch_atime(ino, &inode, false);
         Ok(out)
     }
 

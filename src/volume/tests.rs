@@ -42,7 +42,7 @@ fn write_read_at_block_boundaries() {
         .enumerate()
     {
         let ino = file(&v, &format!("f{i}"));
-        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        let fh = v.open(ino, OpenFlags::write_only()).unwrap();
         let data: Vec<u8> = (0..len).map(|j| (j % 251) as u8 + 1).collect();
         assert_eq!(v.write(ino, 0, &data).unwrap(), len);
         assert_eq!(
@@ -64,7 +64,7 @@ fn write_read_at_block_boundaries() {
 fn holes_read_as_zeros_and_are_not_stored() {
     let (_d, v) = volume(64 * 1024);
     let ino = file(&v, "sparse");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 10 << 20, b"tail").unwrap();
     v.release(fh).unwrap();
     let a = v.getattr(ino).unwrap();
@@ -80,7 +80,7 @@ fn identical_blocks_are_stored_once_and_freed_when_unreferenced() {
     let data = vec![7u8; 64 * 1024 * 3];
     for name in ["a", "b"] {
         let ino = file(&v, name);
-        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        let fh = v.open(ino, OpenFlags::write_only()).unwrap();
         v.write(ino, 0, &data).unwrap();
         v.release(fh).unwrap();
     }
@@ -98,7 +98,7 @@ fn identical_blocks_are_stored_once_and_freed_when_unreferenced() {
 fn truncate_drops_tail_and_zero_extends() {
     let (_d, v) = volume(64 * 1024);
     let ino = file(&v, "t");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, &vec![9u8; 200_000]).unwrap();
     v.truncate(ino, 70_000).unwrap();
     v.truncate(ino, 150_000).unwrap();
@@ -119,7 +119,7 @@ fn damaged_block_is_an_error_for_that_file_only() {
     let good = file(&v, "good");
     let bad = file(&v, "bad");
     for (ino, byte) in [(good, 1u8), (bad, 2u8)] {
-        let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+        let fh = v.open(ino, OpenFlags::write_only()).unwrap();
         // 64 KiB blocks: block 0 is over INLINE_MAX, so it is a file in the store.
         v.write(ino, 0, &vec![byte; 100_000]).unwrap();
         v.release(fh).unwrap();
@@ -159,7 +159,7 @@ fn names_are_not_stored_in_clear() {
         )
         .unwrap()
         .ino;
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, b"PLAINTEXT-MARKER-content-7f3a").unwrap();
     v.release(fh).unwrap();
     v.setxattr(
@@ -303,7 +303,7 @@ fn rename_modes_and_link_counts() {
 fn unlinked_open_file_lives_until_release() {
     let (_d, v) = volume(65536);
     let ino = file(&v, "tmp");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, b"still here").unwrap();
     v.unlink(InodeNo::ROOT, b"tmp").unwrap();
     assert_eq!(v.read(ino, 0, 100).unwrap(), b"still here");
@@ -320,7 +320,7 @@ fn small_blocks_live_in_the_database_and_survive_reload() {
     let secret = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_string();
     let (v, _) = Volume::load(dir.path(), VolumeKeys::derive(identity), 1).unwrap();
     let ino = file(&v, "small");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, b"tiny file contents").unwrap();
     v.release(fh).unwrap();
     assert!(
@@ -363,7 +363,7 @@ fn gc_spares_blocks_a_seal_is_about_to_reference() {
     let (_d, v) = volume(65536);
     let data = vec![5u8; 65536];
     let a = file(&v, "a");
-    let fh = v.open(a, OpenFlags { write: true }).unwrap();
+    let fh = v.open(a, OpenFlags::write_only()).unwrap();
     v.write(a, 0, &data).unwrap();
     v.release(fh).unwrap();
     let sealed = v.seal_block(&data).unwrap().expect("not a hole");
@@ -388,7 +388,7 @@ fn small_random_reads_decrypt_only_their_chunk() {
     let (_d, v) = volume(1 << 20);
     let ino = file(&v, "big");
     let data: Vec<u8> = (0..(1 << 20)).map(|i| (i % 241) as u8 + 1).collect();
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, &data).unwrap();
     v.release(fh).unwrap();
     let id = v.meta().read().unwrap().block_at(ino, 0).unwrap().unwrap();
@@ -409,7 +409,7 @@ fn small_random_reads_decrypt_only_their_chunk() {
     // A wrong cached key (as after the block was collected and sealed again) is dropped and
     // the read takes the full path.
     let other = file(&v, "other");
-    let fh = v.open(other, OpenFlags { write: true }).unwrap();
+    let fh = v.open(other, OpenFlags::write_only()).unwrap();
     v.write(other, 0, &vec![9u8; 1 << 20]).unwrap();
     v.release(fh).unwrap();
     let other_id = v
@@ -451,7 +451,7 @@ fn partly_written_blocks_are_sealed_by_age_without_a_close() {
     use std::time::Duration;
     let (_d, v) = volume(64 * 1024);
     let ino = file(&v, "open");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 100, b"partial").unwrap();
     assert!(v.meta().read().unwrap().block_at(ino, 0).unwrap().is_none());
     assert_eq!(v.write_back(Duration::from_secs(3600)), 0, "too young");
@@ -471,7 +471,7 @@ fn the_write_buffer_bounds_memory_under_random_writes() {
     let (_d, v) = volume(bs as u32);
     v.set_write_buffer(8 * bs as u64);
     let ino = file(&v, "random");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     let mut model = vec![0u8; 64 * bs];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..600 {
@@ -502,7 +502,7 @@ fn small_reads_past_the_end_of_a_short_block_are_zeros() {
     let bs = 128 * 1024;
     let (_d, v) = volume(bs as u32);
     let ino = file(&v, "short");
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, &[5u8; 40_000]).unwrap();
     v.write(ino, bs as u64 + 10, b"next").unwrap();
     v.release(fh).unwrap();

@@ -30,7 +30,7 @@ fn node(v: &Volume, parent: InodeNo, name: &str, kind: Kind, target: Option<&[u8
 }
 
 fn write(v: &Volume, ino: InodeNo, data: &[u8]) {
-    let fh = v.open(ino, OpenFlags { write: true }).unwrap();
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
     v.write(ino, 0, data).unwrap();
     v.release(fh).unwrap();
 }
