@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a Debian package of bitcloud from this repository with dpkg-deb (no extra tools):
-# the release binary, the systemd user unit, bash/zsh/fish completions and the man page,
+# the release binary, the mount(8) helper link, the systemd user unit, bash/zsh/fish completions and the man page,
 # all generated from the clap definitions of the binary being packaged.
 #
 #   packaging/build-deb.sh [OUT_DIR]      -> OUT_DIR/bitcloud_<version>_<arch>.deb (default target/debian)
@@ -21,6 +21,9 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 install -Dm755 "$BITCLOUD_BIN" "$stage/usr/bin/bitcloud"
 strip --strip-debug "$stage/usr/bin/bitcloud" 2>/dev/null || true
+# mount(8) runs /sbin/mount.fuse.bitcloud for `mount -t fuse.bitcloud` and fstab lines.
+mkdir -p "$stage/usr/sbin"
+ln -s ../bin/bitcloud "$stage/usr/sbin/mount.fuse.bitcloud"
 install -Dm644 packaging/systemd/bitcloud-mount@.service "$stage/usr/lib/systemd/user/bitcloud-mount@.service"
 mkdir -p "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
     "$stage/usr/share/fish/vendor_completions.d" "$stage/usr/share/man/man1" "$stage/usr/share/doc/bitcloud"

@@ -11,10 +11,10 @@ fail() { echo "check-packaging: $*" >&2; exit 1; }
 deb=$(packaging/build-deb.sh target/debian | tail -1)
 echo "== built $deb"
 contents=$(dpkg-deb -c "$deb")
-for f in ./usr/bin/bitcloud ./usr/lib/systemd/user/bitcloud-mount@.service \
+for f in ./usr/bin/bitcloud "./usr/sbin/mount.fuse.bitcloud -> ../bin/bitcloud" ./usr/lib/systemd/user/bitcloud-mount@.service \
          ./usr/share/bash-completion/completions/bitcloud ./usr/share/zsh/vendor-completions/_bitcloud \
          ./usr/share/fish/vendor_completions.d/bitcloud.fish ./usr/share/man/man1/bitcloud.1.gz; do
-    grep -q " $f\$" <<<"$contents" || fail "$f missing from the package"
+    grep -qF " $f" <<<"$contents" || fail "$f missing from the package"
 done
 dpkg-deb -f "$deb" Depends | grep -q fuse3 || fail "package does not depend on fuse3"
 echo "$contents" | awk '{ print "   " $1, $6 }'
@@ -28,6 +28,16 @@ man -l /usr/share/man/man1/bitcloud.1.gz 2>/dev/null | grep -q "Exit status" \
     || zcat /usr/share/man/man1/bitcloud.1.gz | grep -q "Exit status" || fail "man page lacks the exit status"
 bash -c 'source /usr/share/bash-completion/completions/bitcloud && complete -p bitcloud' >/dev/null \
     || fail "bash completion does not load"
+
+echo "== mount(8) through the installed helper"
+mt=$(mktemp -d)
+/usr/bin/bitcloud --home "$mt/home" init >/dev/null
+mkdir "$mt/m"
+mount -t fuse.bitcloud pkgtest "$mt/m" -o "home=$mt/home" || fail "mount -t fuse.bitcloud failed"
+grep -q "^pkgtest $mt/m fuse.bitcloud " /proc/self/mounts || { umount "$mt/m"; fail "not in /proc/mounts as fuse.bitcloud"; }
+echo through-mount8 >"$mt/m/f"
+/usr/bin/bitcloud --home "$mt/home" umount "$mt/m" >/dev/null || fail "umount failed"
+rm -rf "$mt"
 
 echo "== systemd-analyze verify"
 unitdir=$(mktemp -d)
