@@ -202,6 +202,58 @@ fn full_home_disk_is_enospc_and_consistent() {
     );
 }
 
+/// "fallocate reserves space: more than the disk holds is ENOSPC at once, and a range that
+/// was reserved can be written after other files filled the disk; st_blocks counts the range
+/// from the start and does not grow when it is written." Regression: fallocate succeeded
+/// beyond the free space and a later write into the range failed with ENOSPC.
+#[test]
+fn fallocated_space_is_reserved() {
+    let disk = tempfile::tempdir().unwrap();
+    let d = disk.path().display().to_string();
+    sh(
+        Path::new("/"),
+        &format!("mount -t tmpfs -o size=40m bitcloud-test-tmpfs {d}"),
+    );
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(d.clone());
+    let mut m = Mount::with_home_in(disk.path());
+    let mnt = m.mnt.clone();
+    let side = tempfile::tempdir().unwrap();
+    let s = side.path().display();
+    let err = sh_fails(&mnt, "fallocate -l 100M toobig");
+    assert!(err.contains("No space left on device"), "{err}");
+    sh(
+        &mnt,
+        "fallocate -l 8M pre && test $(stat -c %s pre) = 8388608 \
+         && test $(( $(stat -c %b pre) * 512 )) -ge 8388608",
+    );
+    let blocks_before = sh(&mnt, "stat -c %b pre");
+    // Fill the disk with another file.
+    let err = sh_fails(
+        &mnt,
+        "head -c 100000000 /dev/urandom > filler && sync filler",
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    sh(
+        &mnt,
+        &format!(
+            "head -c 8388608 /dev/urandom > {s}/data && dd if={s}/data of=pre bs=1M conv=notrunc,fsync status=none \
+             && cmp pre {s}/data"
+        ),
+    );
+    assert_eq!(sh(&mnt, "stat -c %b pre"), blocks_before, "st_blocks grew");
+    m.remount();
+    sh(&mnt, &format!("cmp pre {s}/data && rm filler pre"));
+}
+
 /// "Nothing under the home directory contains file contents or names in clear."
 #[test]
 fn no_plaintext_under_home() {

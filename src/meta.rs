@@ -66,6 +66,7 @@ macro_rules! db {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+mod prealloc;
 mod reader;
 mod scan;
 pub use reader::{Counts, Reader};
@@ -119,6 +120,8 @@ impl MetaStore {
                 ctime: now,
                 crtime: now,
                 stored_blocks: 0,
+                reserved_blocks: 0,
+                reserve_end: 0,
                 parent: InodeNo::ROOT.0,
             },
         )?;
@@ -142,6 +145,10 @@ impl MetaStore {
         if sb.format != FORMAT_VERSION {
             return Err(MetaError::UnsupportedFormat { found: sb.format });
         }
+        // Tables added by later releases (prealloc-1) are created on first open.
+        let mut tx = store.write()?;
+        tx.touch_tables()?;
+        tx.commit()?;
         // Everything that survived the open is durable: start past every stamped epoch.
         let tx = store.read()?;
         let max = {
@@ -256,6 +263,7 @@ impl WriteTx {
         db!(self.txn.open_table(XATTRS));
         db!(self.txn.open_table(ORPHANS));
         db!(self.txn.open_table(INLINE));
+        db!(self.txn.open_table(PREALLOC));
         Ok(())
     }
 
@@ -284,6 +292,7 @@ impl WriteTx {
     /// Removes an inode with its symlink target, xattrs and every block-map slot.
     pub fn remove_inode(&mut self, ino: InodeNo) -> Result<()> {
         self.set_blocks_from(ino, 0)?;
+        self.unreserve(ino, 0, u64::MAX)?;
         db!(db!(self.txn.open_table(INODES)).remove(ino.0));
         db!(db!(self.txn.open_table(SYMLINKS)).remove(ino.0));
         db!(db!(self.txn.open_table(ORPHANS)).remove(ino.0));

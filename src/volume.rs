@@ -22,6 +22,7 @@ pub mod error;
 mod file;
 pub mod fsck;
 mod namespace;
+mod prealloc;
 mod read;
 mod sealer;
 mod xattr;
@@ -136,6 +137,11 @@ pub struct Volume {
     atime_rules: std::sync::atomic::AtomicU8,
     /// Access times recorded since the last checkpoint, not yet written (see `atime`).
     atimes: Mutex<HashMap<InodeNo, Timestamp>>,
+    /// Disk space held for fallocated ranges (see `prealloc`).
+    reservation: prealloc::Reservation,
+    /// Seals hold it shared while they write; one that fills a reserved slot on a full disk
+    /// holds it alone while it frees that slot's space and uses it.
+    space: parking_lot::RwLock<()>,
     /// This volume, for work handed to background threads.
     me: std::sync::Weak<Volume>,
 }
@@ -209,6 +215,8 @@ impl Volume {
             write_budget: Arc::new(dirty::WriteBudget::new(block_size, DEFAULT_WRITE_BUFFER)),
             atime_rules: std::sync::atomic::AtomicU8::new(atime::default_encoded()),
             atimes: Mutex::new(HashMap::new()),
+            reservation: prealloc::Reservation::new(data_dir, block_size),
+            space: parking_lot::RwLock::new(()),
             me: weak.clone(),
         });
         let recovery = volume.recover()?;
@@ -301,6 +309,7 @@ impl Volume {
     /// durable (the periodic checkpoint, unmount). Returns how many blocks were freed.
     pub fn checkpoint(&self) -> Result<u64> {
         let covered = self.make_durable()?;
+        self.reconcile_reservations()?;
         let mut freed = 0;
         loop {
             let ids = self.meta.collectable(covered, 1024)?;
@@ -364,8 +373,12 @@ impl Volume {
             None => inode,
         };
         self.overlay_atime(ino, &mut inode);
+        // Stored and reserved blocks, as far as the file (or its furthest reservation) goes:
+        // a short last block is not counted whole, and a write into a reserved range moves a
+        // block from one count to the other without changing the sum.
         let blocks512 = if inode.kind == Kind::File {
-            (inode.stored_blocks * self.block_size).min(inode.size.div_ceil(512) * 512) / 512
+            let bound = inode.size.max(inode.reserve_end).div_ceil(512) * 512;
+            ((inode.stored_blocks + inode.reserved_blocks) * self.block_size).min(bound) / 512
         } else {
             0
         };

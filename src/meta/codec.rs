@@ -109,10 +109,19 @@ pub struct Inode {
     pub stored_blocks: u64,
     /// For directories, the parent directory (the root is its own parent); 0 otherwise.
     pub parent: u64,
+    /// Blocks reserved by fallocate and not yet stored (see `volume::prealloc`).
+    pub reserved_blocks: u64,
+    /// The end of the furthest range fallocate reserved (bounds `st_blocks`); 0 if none.
+    pub reserve_end: u64,
 }
 
+/// Version 1: no reservations. Written whenever an inode has none, so volumes that never
+/// fallocate stay readable by older releases.
 const INODE_V1: u8 = 1;
 const INODE_V1_LEN: usize = 1 + 1 + 2 + 4 * 4 + 8 + 4 * 12 + 8 + 8;
+/// Version 2: version 1 followed by `reserved_blocks` and `reserve_end`.
+const INODE_V2: u8 = 2;
+const INODE_V2_LEN: usize = INODE_V1_LEN + 16;
 
 fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
     out.extend_from_slice(&t.secs.to_le_bytes());
@@ -151,8 +160,9 @@ impl Cursor<'_> {
 
 impl Inode {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(INODE_V1_LEN);
-        out.push(INODE_V1);
+        let v2 = self.reserved_blocks != 0 || self.reserve_end != 0;
+        let mut out = Vec::with_capacity(INODE_V2_LEN);
+        out.push(if v2 { INODE_V2 } else { INODE_V1 });
         out.push(self.kind as u8);
         out.extend_from_slice(&self.perm.to_le_bytes());
         out.extend_from_slice(&self.uid.to_le_bytes());
@@ -165,6 +175,10 @@ impl Inode {
         }
         out.extend_from_slice(&self.stored_blocks.to_le_bytes());
         out.extend_from_slice(&self.parent.to_le_bytes());
+        if v2 {
+            out.extend_from_slice(&self.reserved_blocks.to_le_bytes());
+            out.extend_from_slice(&self.reserve_end.to_le_bytes());
+        }
         out
     }
 
@@ -174,12 +188,13 @@ impl Inode {
             what: "inode",
             version,
         };
-        if version != INODE_V1 || b.len() != INODE_V1_LEN {
-            return Err(err);
+        match (version, b.len()) {
+            (INODE_V1, INODE_V1_LEN) | (INODE_V2, INODE_V2_LEN) => {}
+            _ => return Err(err),
         }
         let mut c = Cursor { b: &b[1..] };
         let kind = Kind::from_u8(c.u8()).ok_or(err)?;
-        Ok(Inode {
+        let mut inode = Inode {
             kind,
             perm: c.u16(),
             uid: c.u32(),
@@ -193,7 +208,14 @@ impl Inode {
             crtime: c.ts(),
             stored_blocks: c.u64(),
             parent: c.u64(),
-        })
+            reserved_blocks: 0,
+            reserve_end: 0,
+        };
+        if version == INODE_V2 {
+            inode.reserved_blocks = c.u64();
+            inode.reserve_end = c.u64();
+        }
+        Ok(inode)
     }
 }
 
@@ -384,12 +406,30 @@ mod tests {
             crtime: Timestamp { secs: 5, nanos: 6 },
             stored_blocks: 9,
             parent: 1,
+            reserved_blocks: 0,
+            reserve_end: 0,
         };
         let mut b = ino.encode();
+        assert_eq!(
+            b[0], INODE_V1,
+            "no reservation: version 1, readable by older releases"
+        );
         assert_eq!(Inode::decode(&b).unwrap(), ino);
         b[0] = 2;
-        assert!(Inode::decode(&b).is_err());
+        assert!(Inode::decode(&b).is_err(), "version 2 is longer");
         assert!(Inode::decode(&[]).is_err());
+        let reserved = Inode {
+            reserved_blocks: 3,
+            reserve_end: 7 << 20,
+            ..ino
+        };
+        let mut b = reserved.encode();
+        assert_eq!(b[0], INODE_V2);
+        assert_eq!(Inode::decode(&b).unwrap(), reserved);
+        b[0] = 1;
+        assert!(Inode::decode(&b).is_err());
+        b[0] = 3;
+        assert!(Inode::decode(&b).is_err());
     }
 
     #[test]

@@ -26,3 +26,5 @@ pub const XATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("xattrs-1
 pub const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline-1");
 /// Unlinked inodes still open when last committed; deleted at the next mount.
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans-1");
+/// ino BE || block index BE -> (): slots reserved by fallocate, not yet stored.
+pub const PREALLOC: TableDefinition<&[u8], ()> = TableDefinition::new("prealloc-1");

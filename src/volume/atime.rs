@@ -162,6 +162,8 @@ mod tests {
             ctime: t(c),
             crtime: t(0),
             stored_blocks: 0,
+            reserved_blocks: 0,
+            reserve_end: 0,
             parent: 0,
         }
     }

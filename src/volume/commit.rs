@@ -78,7 +78,7 @@ impl Volume {
                 self.sealer.submit(job)
             };
             if let Err(job) = refused {
-                let r = self.seal_block(&job.data);
+                let r = self.seal_for_slot(job.file.ino, job.index, &job.data);
                 self.finish_seal(job, r);
             }
         }
@@ -127,6 +127,34 @@ impl Volume {
             inline,
             _pin: pin,
         }))
+    }
+
+    /// [`seal_block`](Self::seal_block) for slot (`ino`, `index`): if the disk is full and the
+    /// slot was reserved by fallocate, the reservation gives back one block's space and the
+    /// seal tries once more (the space was promised), with every other seal held off.
+    pub(super) fn seal_for_slot(
+        &self,
+        ino: InodeNo,
+        index: u64,
+        plain: &[u8],
+    ) -> Result<Option<SealedBlock>> {
+        let first = {
+            let _writing = self.space.read();
+            self.seal_block(plain)
+        };
+        match first {
+            Err(VolumeError::NoSpace) => {
+                // Exclusive: no other seal of ours can take the space given back before
+                // this block is written into it.
+                let _alone = self.space.write();
+                if self.release_for(ino, index)? {
+                    self.seal_block(plain)
+                } else {
+                    Err(VolumeError::NoSpace)
+                }
+            }
+            r => r,
+        }
     }
 
     /// Points slot (`ino`, `index`) at `block` in `tx`, storing inline bytes with it.
@@ -193,6 +221,9 @@ impl Volume {
         };
         let delta = Self::apply_block(&mut tx, ino, index, block.as_ref())?;
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        if block.is_some() && tx.take_reserved(ino, index)? {
+            inode.reserved_blocks = inode.reserved_blocks.saturating_sub(1);
+        }
         st.stamp(&mut inode);
         tx.put_inode(ino, &inode)?;
         tx.commit()?;

@@ -444,17 +444,23 @@ impl Volume {
             if let Some(index) = edge {
                 let mut data = self.current_block(ino, &st, index)?;
                 data.truncate((new_size - index * bs) as usize);
-                edge_block = Some((index, self.seal_block(&data)?));
+                edge_block = Some((index, self.seal_for_slot(ino, index, &data)?));
             }
             st.dirty.retain(|i, _| *i < keep_blocks && Some(*i) != edge);
         }
         let mut tx = self.meta.write()?;
         let mut inode = self.load_inode(&tx, ino)?;
         let mut delta = -(tx.set_blocks_from(ino, keep_blocks)? as i64);
+        let mut unreserved = tx.unreserve(ino, keep_blocks, u64::MAX)?;
         if let Some((index, block)) = edge_block {
             delta += Self::apply_block(&mut tx, ino, index, block.as_ref())?;
+            if block.is_some() {
+                unreserved += u64::from(tx.take_reserved(ino, index)?);
+            }
         }
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        inode.reserved_blocks = inode.reserved_blocks.saturating_sub(unreserved);
+        inode.reserve_end = inode.reserve_end.min(new_size);
         inode.size = new_size;
         inode.mtime = now;
         inode.ctime = now;
@@ -491,7 +497,8 @@ impl Volume {
         Ok(())
     }
 
-    /// fallocate(2): mode 0 (extend), KEEP_SIZE (no-op: nothing to reserve), PUNCH_HOLE.
+    /// fallocate(2): mode 0 and KEEP_SIZE reserve space (see `prealloc`), PUNCH_HOLE (with
+    /// KEEP_SIZE) zeroes the range and frees whole blocks. Other modes are EOPNOTSUPP.
     pub fn fallocate(
         &self,
         ino: InodeNo,
@@ -529,8 +536,8 @@ impl Volume {
                 }
                 pos = chunk_end;
             }
-        } else if !keep_size && end > file.lock().size {
-            self.truncate(ino, end)?;
+        } else {
+            self.preallocate(ino, offset, end, keep_size)?;
         }
         self.maybe_evict(&file);
         Ok(())
@@ -543,6 +550,9 @@ impl Volume {
         let mut inode = self.load_inode(&tx, file.ino)?;
         let delta = tx.set_block(file.ino, index, None)?;
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
+        // A punched block is deallocated, reserved or not (as on ext4).
+        let unreserved = tx.unreserve(file.ino, index, index + 1)?;
+        inode.reserved_blocks = inode.reserved_blocks.saturating_sub(unreserved);
         let now = Timestamp::now();
         inode.mtime = now;
         inode.ctime = now;

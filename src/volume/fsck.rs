@@ -18,6 +18,7 @@
 //! report names the affected files. With the nodepool, repair will rebuild them from shards.
 
 mod report;
+mod reserved;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -55,6 +56,8 @@ struct InodeFacts {
     subdirs: u32,
     /// One entry naming it (parent, tag), for building its path.
     name: Option<(InodeNo, Tag)>,
+    /// Blocks fallocate reserved, as the inode counts them.
+    reserved: u64,
 }
 
 /// Every inode, by number.
@@ -66,6 +69,8 @@ enum Fix {
     DropSlot(InodeNo, u64),
     Nlink(InodeNo, u32),
     DropEntry(InodeNo, Tag),
+    Reserved(InodeNo, u64),
+    Unreserve(InodeNo, u64),
 }
 
 struct Checker<'a> {
@@ -160,6 +165,7 @@ impl Checker<'_> {
                         links: 0,
                         subdirs: 0,
                         name: None,
+                        reserved: i.reserved_blocks,
                     },
                 );
             }
@@ -361,6 +367,7 @@ impl Checker<'_> {
             }
         }
         done += sizes.blocks;
+        self.check_reservations(snap, &inodes)?;
         self.tick("metadata", done, total, false);
         self.report.blocks = blocks.len() as u64;
         Ok((inodes, blocks))
@@ -571,6 +578,15 @@ impl Checker<'_> {
                         inode.nlink = *n;
                         tx.put_inode(*ino, &inode)?;
                     }
+                }
+                Fix::Reserved(ino, n) => {
+                    if let Some(mut inode) = tx.inode(*ino)? {
+                        inode.reserved_blocks = *n;
+                        tx.put_inode(*ino, &inode)?;
+                    }
+                }
+                Fix::Unreserve(ino, index) => {
+                    tx.take_reserved(*ino, *index)?;
                 }
             }
         }

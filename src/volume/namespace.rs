@@ -232,6 +232,8 @@ impl Volume {
             ctime: now,
             crtime: now,
             stored_blocks: 0,
+            reserved_blocks: 0,
+            reserve_end: 0,
             parent: if kind == Kind::Dir { parent.0 } else { 0 },
         };
         tx.put_inode(ino, &inode)?;

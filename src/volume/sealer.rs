@@ -44,7 +44,7 @@ impl Sealer {
                     .spawn(move || {
                         for job in rx {
                             let Some(v) = volume.upgrade() else { break };
-                            let result = v.seal_block(&job.data);
+                            let result = v.seal_for_slot(job.file.ino, job.index, &job.data);
                             v.finish_seal(job, result);
                         }
                     })

@@ -646,3 +646,75 @@ fn removed_open_directory_keeps_its_attributes_until_closed() {
     assert_eq!(rec.orphans_removed, 1);
     assert!(matches!(v.getattr(d2), Err(VolumeError::NotFound)));
 }
+
+/// fallocate did not reserve anything (a later write could still hit ENOSPC) and did not
+/// show in st_blocks (a write into the range made the allocation grow). Now the range is
+/// reserved on disk, counted at once, and a write into it moves blocks from reserved to
+/// stored without changing st_blocks; truncation and deletion give the space back.
+#[test]
+fn fallocate_reserves_space_and_counts_it() {
+    let bs = 64 * 1024u64;
+    let (d, v) = volume(bs as u32);
+    let reserved_file = || std::fs::metadata(d.path().join("reserved")).map_or(0, |m| m.len());
+    let ino = file(&v, "pre");
+    v.fallocate(ino, 0, 4 * bs, libc::FALLOC_FL_KEEP_SIZE, ME)
+        .unwrap();
+    let a = v.getattr(ino).unwrap();
+    assert_eq!(a.inode.size, 0, "KEEP_SIZE");
+    assert_eq!(a.blocks512 * 512, 4 * bs);
+    let unit = reserved_file() / 4;
+    assert!(unit >= bs && unit % 4096 == 0, "unit {unit}");
+    // Again over the same range: nothing more is reserved.
+    v.fallocate(ino, 0, 2 * bs, libc::FALLOC_FL_KEEP_SIZE, ME)
+        .unwrap();
+    assert_eq!(reserved_file(), 4 * unit);
+
+    let fh = v.open(ino, OpenFlags::write_only()).unwrap();
+    v.write(ino, bs, &vec![7u8; bs as usize]).unwrap();
+    v.release(fh).unwrap();
+    let a = v.getattr(ino).unwrap();
+    assert_eq!(a.inode.size, 2 * bs);
+    assert_eq!((a.inode.stored_blocks, a.inode.reserved_blocks), (1, 3));
+    assert_eq!(
+        a.blocks512 * 512,
+        4 * bs,
+        "a write into the range does not grow it"
+    );
+    v.checkpoint().unwrap();
+    assert_eq!(
+        reserved_file(),
+        3 * unit,
+        "the stored block's unit is given back"
+    );
+
+    // Mode 0 extends the size; a small range counts only its bytes.
+    let small = file(&v, "small");
+    v.fallocate(small, 0, 4096, 0, ME).unwrap();
+    let a = v.getattr(small).unwrap();
+    assert_eq!((a.inode.size, a.blocks512), (4096, 8));
+    let fh = v.open(small, OpenFlags::write_only()).unwrap();
+    v.write(small, 0, &[1u8; 4096]).unwrap();
+    v.release(fh).unwrap();
+    assert_eq!(v.getattr(small).unwrap().blocks512, 8);
+
+    let opts = crate::volume::fsck::FsckOptions {
+        verify_data: true,
+        repair: false,
+        online: false,
+    };
+    let report = v.fsck(opts, &mut |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    v.truncate(ino, bs).unwrap();
+    let a = v.getattr(ino).unwrap();
+    assert_eq!(
+        a.inode.reserved_blocks, 1,
+        "truncation ends reservations past the end"
+    );
+    assert_eq!(a.blocks512 * 512, bs);
+    v.truncate(ino, 0).unwrap();
+    assert_eq!(v.getattr(ino).unwrap().blocks512, 0);
+    v.unlink(InodeNo::ROOT, b"small").unwrap();
+    v.checkpoint().unwrap();
+    assert_eq!(reserved_file(), 0);
+}

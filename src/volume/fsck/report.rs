@@ -38,6 +38,8 @@ pub enum ProblemKind {
     DamagedRecord,
     /// A block file no metadata references (leftover of a crash; only wastes space).
     StrayBlockFile,
+    /// fallocate reservations that disagree with their file (only miscounts space).
+    Reservation,
 }
 
 impl ProblemKind {
@@ -53,6 +55,7 @@ impl ProblemKind {
             ProblemKind::DamagedName => "damaged encrypted name",
             ProblemKind::DamagedRecord => "damaged metadata record",
             ProblemKind::StrayBlockFile => "stray block file",
+            ProblemKind::Reservation => "wrong space reservation",
         }
     }
 
