@@ -8,7 +8,7 @@
 #   BENCH_SEQ_MB=64 BENCH_FILES=500 BENCH_RAND_MB=32 BENCH_RAND_SECS=2 BENCH_BIG_MB=128 benches/bench.sh
 #
 # Environment:
-#   BITCLOUD_BIN        bitcloud binary (default /work/main/target/release/bitcloud); missing -> column skipped
+#   BITCLOUD_BIN        bitcloud binary (default target/release/bitcloud of this repository); missing -> column skipped
 #   BITCLOUD_MOUNT_OPTS extra args for `bitcloud mount`, e.g. "-o foo"
 #   BINDFS_OPTS         extra args for bindfs (default "-o big_writes" when bindfs is linked with
 #                       libfuse 2, as Debian 12's is: without it every write is 4 KiB; else none)
@@ -45,7 +45,8 @@
 # them alike.
 set -euo pipefail
 
-BITCLOUD_BIN=${BITCLOUD_BIN:-/work/main/target/release/bitcloud}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BITCLOUD_BIN=${BITCLOUD_BIN:-$REPO/target/release/bitcloud}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BENCH_TARGETS=${BENCH_TARGETS:-raw bindfs gocryptfs bitcloud}
 RUNS=${BENCH_RUNS:-3}

@@ -14,7 +14,7 @@ fn errors_name_the_problem_and_exit_nonzero() {
     std::fs::create_dir(&mnt).unwrap();
     let m = mnt.to_str().unwrap();
 
-    let o = bitcloud(&home, &["mount", m]);
+    let o = bitcloud(&home, &["mount", "--no-init", m]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not initialised"), "{}", stderr(&o));
     let o = bitcloud(&home, &["status"]);
@@ -50,6 +50,27 @@ fn errors_name_the_problem_and_exit_nonzero() {
 
     let o = bitcloud(&home, &["frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}
+
+/// "`bitcloud umount` off a terminal prints a line per phase, not per tick." Regression: it
+/// repeated "umount writing buffered data: 100% ..." a dozen times (with a falling rate)
+/// while it waited on the final checkpoint.
+#[test]
+fn umount_off_a_terminal_reports_each_phase_once() {
+    let mut m = Mount::new();
+    crate::harness::sh(
+        &m.mnt,
+        "head -c 64000000 /dev/urandom > big && head -c 100000 /dev/urandom > small",
+    );
+    let o = bitcloud(&m.home, &["umount", m.mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.contains("writing buffered data"))
+        .map(String::from)
+        .collect();
+    assert!(lines.len() <= 2, "repeated progress lines: {lines:#?}");
+    m.forget_child_after_umount();
 }
 
 #[test]

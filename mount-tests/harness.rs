@@ -223,6 +223,17 @@ impl Mount {
         assert!(!mounted_at(&self.mnt));
     }
 
+    /// After a `bitcloud umount` the test ran itself: waits for the mount process to exit.
+    pub fn forget_child_after_umount(&mut self) {
+        let mut child = self.child.take().expect("mounted");
+        let status = wait_with_deadline(&mut child);
+        assert!(
+            status.success(),
+            "mount process exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
     /// Unmounts and mounts again (a clean restart).
     pub fn remount(&mut self) {
         self.stop();

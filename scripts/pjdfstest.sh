@@ -9,7 +9,7 @@
 #   scripts/pjdfstest.sh -v -- chmod rename  # verbose; only cases whose names contain chmod/rename
 #
 # Environment:
-#   BITCLOUD_BIN            bitcloud binary (default /work/main/target/release/bitcloud)
+#   BITCLOUD_BIN            bitcloud binary (default target/release/bitcloud of this repository)
 #   BITCLOUD_MOUNT_OPTS     extra mount args for bitcloud, e.g. "-o foo" (allow_other is always passed)
 #   BITCLOUD_MOUNT_TIMEOUT  seconds to wait for the mount to appear (default 30)
 #   PJDFSTEST_ROOT          install/cache dir (default ~/.cache/bitcloud-pjdfstest); a 2nd run skips the build
@@ -34,7 +34,7 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BITCLOUD_BIN=${BITCLOUD_BIN:-/work/main/target/release/bitcloud}
+BITCLOUD_BIN=${BITCLOUD_BIN:-$SCRIPT_DIR/../target/release/bitcloud}
 PJDFSTEST_ROOT=${PJDFSTEST_ROOT:-$HOME/.cache/bitcloud-pjdfstest}
 PJDFSTEST_VERSION=${PJDFSTEST_VERSION:-0.2.2}
 PJDFSTEST_JOBS=${PJDFSTEST_JOBS:-1}
