@@ -73,6 +73,23 @@ fn umount_off_a_terminal_reports_each_phase_once() {
     m.forget_child_after_umount();
 }
 
+/// "A mount started the moment `bitcloud umount` returns comes up." Regression: the old
+/// process released the volume lock while its control thread still held the database, and
+/// the new mount failed with "Database already open".
+#[test]
+fn mount_right_after_umount() {
+    let mut m = Mount::new();
+    crate::harness::sh(&m.mnt, "echo kept > f");
+    for _ in 0..3 {
+        let o = bitcloud(&m.home, &["umount", m.mnt.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut old = m.take_child();
+        m.start();
+        assert!(crate::harness::wait_with_deadline(&mut old).success());
+        assert_eq!(crate::harness::sh(&m.mnt, "cat f"), "kept\n");
+    }
+}
+
 #[test]
 fn mounting_twice_is_refused() {
     let m = Mount::new();

@@ -223,6 +223,11 @@ impl Mount {
         assert!(!mounted_at(&self.mnt));
     }
 
+    /// The mount process, left running (the test waits for it itself).
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("mounted")
+    }
+
     /// After a `bitcloud umount` the test ran itself: waits for the mount process to exit.
     pub fn forget_child_after_umount(&mut self) {
         let mut child = self.child.take().expect("mounted");
@@ -256,7 +261,7 @@ impl Mount {
     }
 }
 
-fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
+pub fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {

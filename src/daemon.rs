@@ -174,7 +174,7 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     let control_stop = stop_tx.clone();
     let control = control::ControlServer {
         path: paths.control_socket(),
-        volume: volume.clone(),
+        volume: Arc::downgrade(&volume),
         mountpoint: mountpoint.clone(),
         on_umount: Box::new(move || {
             let _ = control_stop.try_send("umount request");
@@ -219,6 +219,15 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         );
     }
     let _ = std::fs::remove_file(paths.control_socket());
+    // Close the database before the volume lock goes (with `_lock`, at return): a mount
+    // started the moment `umount` returns must find it free. Control requests in flight
+    // may hold the volume a moment longer.
+    let closed = Arc::downgrade(&volume);
+    drop(volume);
+    let closing = std::time::Instant::now();
+    while closed.strong_count() > 0 && closing.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     eprintln!("bitcloud: unmounted {}", mountpoint.display());
     Ok(())
 }
@@ -317,9 +326,9 @@ async fn wait_for_stop(
                     // SAFETY: malloc_trim only returns free heap pages to the kernel.
                     let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
                 }
-                if volume.needs_checkpoint() {
+                if volume.needs_checkpoint() || volume.orphans_waiting() {
                     let v = volume.clone();
-                    let r = tokio::task::spawn_blocking(move || v.checkpoint()).await;
+                    let r = tokio::task::spawn_blocking(move || v.checkpoint_tick()).await;
                     if let Ok(Err(e)) = r {
                         tracing::error!(target: "bitcloud::daemon", error = %e, "checkpoint failed");
                     }

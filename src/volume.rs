@@ -21,6 +21,7 @@ mod dirty;
 pub mod error;
 mod file;
 pub mod fsck;
+mod headers;
 mod namespace;
 mod prealloc;
 mod read;
@@ -135,8 +136,14 @@ pub struct Volume {
     write_budget: Arc<dirty::WriteBudget>,
     /// The mount's `AtimeRules`, encoded (see `atime`).
     atime_rules: std::sync::atomic::AtomicU8,
+    /// Orphans left by unlinks since the last `reap_orphans`.
+    orphans_pending: AtomicU64,
+    /// When the last metadata change was committed (for `reap_when_due`).
+    last_change: Mutex<std::time::Instant>,
     /// Access times recorded since the last checkpoint, not yet written (see `atime`).
     atimes: Mutex<HashMap<InodeNo, Timestamp>>,
+    /// Age headers wrapped ahead of time (see `headers`).
+    headers: headers::HeaderPool,
     /// Disk space held for fallocated ranges (see `prealloc`).
     reservation: prealloc::Reservation,
     /// Seals hold it shared while they write; one that fills a reserved slot on a full disk
@@ -193,6 +200,7 @@ impl Volume {
         let block_size = meta.superblock()?.block_size as u64;
         let store = BlockStore::open(&data_dir.join("blocks"))?;
         let names = NameCipher::new(*keys.name_mac, *keys.name_enc);
+        let headers = headers::HeaderPool::start(keys.recipient.clone());
         let volume = Arc::new_cyclic(|weak| Volume {
             meta,
             store,
@@ -215,6 +223,9 @@ impl Volume {
             write_budget: Arc::new(dirty::WriteBudget::new(block_size, DEFAULT_WRITE_BUFFER)),
             atime_rules: std::sync::atomic::AtomicU8::new(atime::default_encoded()),
             atimes: Mutex::new(HashMap::new()),
+            orphans_pending: AtomicU64::new(0),
+            last_change: Mutex::new(std::time::Instant::now()),
+            headers,
             reservation: prealloc::Reservation::new(data_dir, block_size),
             space: parking_lot::RwLock::new(()),
             me: weak.clone(),
@@ -276,6 +287,7 @@ impl Volume {
     fn mark_dirty(&self) {
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.needs_checkpoint.store(true, Ordering::Relaxed);
+        *self.last_change.lock() = std::time::Instant::now();
     }
 
     /// (commits so far, commits known durable): when the second reaches a value the first had,
@@ -308,6 +320,18 @@ impl Volume {
     /// [`make_durable`](Self::make_durable), then frees blocks whose zero refcount is now
     /// durable (the periodic checkpoint, unmount). Returns how many blocks were freed.
     pub fn checkpoint(&self) -> Result<u64> {
+        self.reap_orphans()?;
+        self.checkpoint_inner()
+    }
+
+    /// The periodic checkpoint: as [`checkpoint`](Self::checkpoint), but unlinked inodes are
+    /// deleted only when that is due (see [`reap_when_due`](Self::reap_when_due)).
+    pub fn checkpoint_tick(&self) -> Result<u64> {
+        self.reap_when_due(false)?;
+        self.checkpoint_inner()
+    }
+
+    fn checkpoint_inner(&self) -> Result<u64> {
         let covered = self.make_durable()?;
         self.reconcile_reservations()?;
         let mut freed = 0;
@@ -321,8 +345,10 @@ impl Volume {
             let deleted: Vec<_> = {
                 let pins = self.pins.lock();
                 let mut deleted = Vec::with_capacity(ids.len());
-                for id in ids.iter().filter(|id| !pins.contains_key(id)) {
-                    self.store.delete(id)?;
+                for (id, inline) in ids.iter().filter(|(id, _)| !pins.contains_key(id)) {
+                    if !inline {
+                        self.store.delete(id)?;
+                    }
                     self.cache.forget(id);
                     self.keys_cache.forget(id);
                     deleted.push(*id);
@@ -396,8 +422,23 @@ impl Volume {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: InodeNo) -> Result<Attr> {
-        let inode = self.load_inode(&self.meta.read()?, ino)?;
+        let inode = self.live_inode(&self.meta.read()?, ino)?;
         Ok(self.attr_of(ino, inode))
+    }
+
+    /// `ino` as the kernel may still ask for it: an unlinked inode exists only while
+    /// something holds it open (it waits for `reap_orphans` otherwise, and a file handle of
+    /// it must be stale).
+    fn live_inode(&self, r: &impl Reader, ino: InodeNo) -> Result<Inode> {
+        let inode = self.load_inode(r, ino)?;
+        if inode.nlink == 0
+            && ino != InodeNo::ROOT
+            && !self.is_open(ino)
+            && !self.open_dirs.lock().contains_key(&ino)
+        {
+            return Err(VolumeError::NotFound);
+        }
+        Ok(inode)
     }
 
     /// Changes attributes (chmod, chown, truncate, utimens) in one transaction.

@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::status::StatusReport;
@@ -21,7 +21,9 @@ use crate::volume::fsck::{FsckOptions, FsckProgress};
 /// What the server needs to answer.
 pub struct ControlServer {
     pub path: PathBuf,
-    pub volume: Arc<Volume>,
+    /// Weak: the volume (and its database) closes when the mount drops it, even while this
+    /// thread waits in accept; the next mount must find the database free.
+    pub volume: Weak<Volume>,
     pub mountpoint: PathBuf,
     /// Called on an `umount` request.
     pub on_umount: Box<dyn Fn() + Send + Sync>,
@@ -79,23 +81,25 @@ impl ControlServer {
 
     fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let Some(volume) = self.volume.upgrade() else {
+            let mut w = &stream;
+            return w.write_all(b"{\"error\":\"the mount is stopping\"}\n");
+        };
         let mut line = String::new();
         BufReader::new((&stream).take_limited()).read_line(&mut line)?;
         let reply = match line.trim() {
-            "status" => match self.status() {
+            "status" => match self.status(&volume) {
                 Ok(r) => serde_json::to_string(&r).unwrap_or_default(),
                 Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
             },
-            "pending" => {
-                serde_json::json!({ "pending_bytes": self.volume.pending_bytes() }).to_string()
-            }
+            "pending" => serde_json::json!({ "pending_bytes": volume.pending_bytes() }).to_string(),
             "umount" => {
                 (self.on_umount)();
                 serde_json::json!({ "ok": true }).to_string()
             }
             other if other.starts_with("fsck ") => {
                 match serde_json::from_str::<FsckOptions>(&other[5..]) {
-                    Ok(opts) => self.fsck(&stream, opts),
+                    Ok(opts) => self.fsck(&volume, &stream, opts),
                     Err(e) => {
                         serde_json::json!({ "error": format!("bad fsck request: {e}") }).to_string()
                     }
@@ -111,7 +115,7 @@ impl ControlServer {
     }
 
     /// Runs fsck on the mounted volume, streaming progress lines; returns the last line.
-    fn fsck(&self, stream: &UnixStream, opts: FsckOptions) -> String {
+    fn fsck(&self, volume: &Volume, stream: &UnixStream, opts: FsckOptions) -> String {
         if FSCK_RUNNING.swap(true, Ordering::SeqCst) {
             return serde_json::json!({ "error": "an fsck of this volume is already running" })
                 .to_string();
@@ -137,7 +141,7 @@ impl ControlServer {
                 .write_all(line.as_bytes())
                 .and_then(|_| w.write_all(b"\n"));
         };
-        let result = self.volume.fsck(opts, &mut send);
+        let result = volume.fsck(opts, &mut send);
         match result {
             Ok(report) => {
                 tracing::info!(target: "bitcloud::control", problems = report.problems.len(), left = report.unrepaired(), "fsck finished");
@@ -147,13 +151,13 @@ impl ControlServer {
         }
     }
 
-    fn status(&self) -> crate::volume::Result<StatusReport> {
-        let mut r = StatusReport::from_counts(&self.volume.counts()?, self.volume.block_size());
+    fn status(&self, volume: &Volume) -> crate::volume::Result<StatusReport> {
+        let mut r = StatusReport::from_counts(&volume.counts()?, volume.block_size());
         r.mounted = true;
         r.mountpoint = Some(self.mountpoint.display().to_string());
         r.pid = Some(std::process::id());
-        r.pending_bytes = self.volume.pending_bytes();
-        (r.committed_changes, r.durable_changes) = self.volume.commit_counts();
+        r.pending_bytes = volume.pending_bytes();
+        (r.committed_changes, r.durable_changes) = volume.commit_counts();
         Ok(r)
     }
 }

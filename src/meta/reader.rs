@@ -2,9 +2,10 @@
 //! macro over redb's `ReadableTable` for both [`ReadTx`] and [`WriteTx`], and the totals
 //! `status` shows ([`Counts`]).
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 
 use super::codec::{self, BlockRecord, Dirent, Inode};
+use super::keys;
 use super::tables::*;
 use super::{MetaError, ReadTx, Result, WriteTx};
 use crate::ids::{BlockId, InodeNo};
@@ -30,6 +31,8 @@ pub trait Reader {
     fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>>;
     fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>>;
     fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>>;
+    /// Whether slot (`ino`, `index`) is reserved by fallocate.
+    fn is_reserved(&self, ino: InodeNo, index: u64) -> Result<bool>;
     fn counts(&self) -> Result<Counts>;
 }
 
@@ -54,8 +57,8 @@ macro_rules! impl_reader {
     ($ty:ty) => {
         impl Reader for $ty {
             fn inode(&self, ino: InodeNo) -> Result<Option<Inode>> {
-                let t = db!(self.txn.open_table(INODES));
-                let g = db!(t.get(ino.0));
+                let t = db!(self.txn.open_table(FS));
+                let g = db!(t.get(&keys::of(ino, keys::INODE)[..]));
                 Ok(match g {
                     Some(v) => Some(Inode::decode(v.value())?),
                     None => None,
@@ -63,8 +66,8 @@ macro_rules! impl_reader {
             }
 
             fn dirent(&self, parent: InodeNo, tag: &Tag) -> Result<Option<Dirent>> {
-                let t = db!(self.txn.open_table(DIRENTS));
-                let g = db!(t.get(&codec::tagged_key(parent, tag)[..]));
+                let t = db!(self.txn.open_table(FS));
+                let g = db!(t.get(&keys::tagged(parent, keys::DIRENT, tag)[..]));
                 Ok(match g {
                     Some(v) => Some(Dirent::decode(v.value())?),
                     None => None,
@@ -77,13 +80,13 @@ macro_rules! impl_reader {
                 after: Option<&Tag>,
                 limit: usize,
             ) -> Result<Vec<(Tag, Dirent)>> {
-                let t = db!(self.txn.open_table(DIRENTS));
-                let lo = codec::tagged_key(parent, after.unwrap_or(&[0u8; 16]));
-                let hi = codec::tagged_key(InodeNo(parent.0 + 1), &[0u8; 16]);
+                let t = db!(self.txn.open_table(FS));
+                let lo = keys::tagged(parent, keys::DIRENT, after.unwrap_or(&[0u8; 16]));
+                let hi = keys::of(parent, keys::DIRENT + 1);
                 let mut out = Vec::new();
                 for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
                     let (k, v) = db!(row);
-                    let tag = codec::tag_of(k.value());
+                    let tag = key_tag(k.value())?;
                     if after == Some(&tag) {
                         continue;
                     }
@@ -96,8 +99,8 @@ macro_rules! impl_reader {
             }
 
             fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>> {
-                let t = db!(self.txn.open_table(BLOCKMAP));
-                let g = db!(t.get(&codec::blockmap_key(ino, index)[..]));
+                let t = db!(self.txn.open_table(FS));
+                let g = db!(t.get(&keys::indexed(ino, keys::SLOT, index)[..]));
                 Ok(match g {
                     Some(v) => Some(codec::block_id_of(v.value())?),
                     None => None,
@@ -105,26 +108,23 @@ macro_rules! impl_reader {
             }
 
             fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>> {
-                let t = db!(self.txn.open_table(BLOCKMAP));
-                let lo = codec::blockmap_key(ino, from);
-                let hi = codec::blockmap_key(ino, to);
                 let mut out = Vec::new();
                 if from >= to {
                     return Ok(out);
                 }
+                let t = db!(self.txn.open_table(FS));
+                let lo = keys::indexed(ino, keys::SLOT, from);
+                let hi = keys::indexed(ino, keys::SLOT, to);
                 for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
                     let (k, v) = db!(row);
-                    out.push((
-                        codec::blockmap_index(k.value()),
-                        codec::block_id_of(v.value())?,
-                    ));
+                    out.push((key_index(k.value())?, codec::block_id_of(v.value())?));
                 }
                 Ok(out)
             }
 
             fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>> {
                 let t = db!(self.txn.open_table(BLOCKS));
-                let g = db!(t.get(&id.0[..]));
+                let g = db!(t.get(&keys::block(keys::RECORD, id)[..]));
                 Ok(match g {
                     Some(v) => Some(BlockRecord::decode(v.value())?),
                     None => None,
@@ -132,62 +132,80 @@ macro_rules! impl_reader {
             }
 
             fn symlink(&self, ino: InodeNo) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(SYMLINKS));
-                let g = db!(t.get(ino.0));
+                let t = db!(self.txn.open_table(FS));
+                let g = db!(t.get(&keys::of(ino, keys::SYMLINK)[..]));
                 Ok(g.map(|v| v.value().to_vec()))
             }
 
             fn inline_block(&self, id: &BlockId) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(INLINE));
-                let g = db!(t.get(&id.0[..]));
+                let t = db!(self.txn.open_table(BLOCKS));
+                let g = db!(t.get(&keys::block(keys::INLINE, id)[..]));
                 Ok(g.map(|v| v.value().to_vec()))
             }
 
             fn xattr(&self, ino: InodeNo, tag: &Tag) -> Result<Option<Vec<u8>>> {
-                let t = db!(self.txn.open_table(XATTRS));
-                let g = db!(t.get(&codec::tagged_key(ino, tag)[..]));
+                let t = db!(self.txn.open_table(FS));
+                let g = db!(t.get(&keys::tagged(ino, keys::XATTR, tag)[..]));
                 Ok(g.map(|v| v.value().to_vec()))
             }
 
             fn xattrs(&self, ino: InodeNo) -> Result<Vec<(Tag, Vec<u8>)>> {
-                let t = db!(self.txn.open_table(XATTRS));
-                let lo = codec::tagged_key(ino, &[0u8; 16]);
-                let hi = codec::tagged_key(InodeNo(ino.0 + 1), &[0u8; 16]);
+                let t = db!(self.txn.open_table(FS));
+                let lo = keys::of(ino, keys::XATTR);
+                let hi = keys::of(ino, keys::XATTR + 1);
                 let mut out = Vec::new();
                 for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
                     let (k, v) = db!(row);
-                    out.push((codec::tag_of(k.value()), v.value().to_vec()));
+                    out.push((key_tag(k.value())?, v.value().to_vec()));
                 }
                 Ok(out)
             }
 
+            fn is_reserved(&self, ino: InodeNo, index: u64) -> Result<bool> {
+                let t = db!(self.txn.open_table(FS));
+                Ok(db!(t.get(&keys::indexed(ino, keys::RESERVED, index)[..])).is_some())
+            }
+
             fn counts(&self) -> Result<Counts> {
                 let mut c = Counts::default();
-                let inodes = db!(self.txn.open_table(INODES));
-                for row in db!(inodes.iter()) {
-                    let (_, v) = db!(row);
-                    let ino = Inode::decode(v.value())?;
-                    c.inodes += 1;
-                    match ino.kind {
-                        codec::Kind::File => {
-                            c.files += 1;
-                            c.logical_bytes += ino.size;
+                let fs = db!(self.txn.open_table(FS));
+                for row in db!(fs.iter()) {
+                    let (k, v) = db!(row);
+                    let Some((_, kind, _)) = keys::split(k.value()) else {
+                        continue;
+                    };
+                    match kind {
+                        keys::INODE => {
+                            let ino = Inode::decode(v.value())?;
+                            c.inodes += 1;
+                            match ino.kind {
+                                codec::Kind::File => {
+                                    c.files += 1;
+                                    c.logical_bytes += ino.size;
+                                }
+                                codec::Kind::Dir => c.dirs += 1,
+                                _ => {}
+                            }
                         }
-                        codec::Kind::Dir => c.dirs += 1,
+                        keys::SLOT => c.mapped_slots += 1,
                         _ => {}
                     }
                 }
-                c.mapped_slots = db!(db!(self.txn.open_table(BLOCKMAP)).len());
                 let blocks = db!(self.txn.open_table(BLOCKS));
                 for row in db!(blocks.iter()) {
-                    let (_, v) = db!(row);
-                    let r = BlockRecord::decode(v.value())?;
-                    c.blocks += 1;
-                    c.block_plain_bytes += r.plain_len as u64;
-                    c.block_sealed_bytes += r.sealed_len as u64;
-                    c.referenced_plain_bytes += r.refcount * r.plain_len as u64;
+                    let (k, v) = db!(row);
+                    match k.value().first() {
+                        Some(&keys::RECORD) => {
+                            let r = BlockRecord::decode(v.value())?;
+                            c.blocks += 1;
+                            c.block_plain_bytes += r.plain_len as u64;
+                            c.block_sealed_bytes += r.sealed_len as u64;
+                            c.referenced_plain_bytes += r.refcount * r.plain_len as u64;
+                        }
+                        Some(&keys::GC) => c.gc_pending += 1,
+                        _ => {}
+                    }
                 }
-                c.gc_pending = db!(db!(self.txn.open_table(GC)).len());
                 Ok(c)
             }
         }
@@ -196,3 +214,24 @@ macro_rules! impl_reader {
 
 impl_reader!(ReadTx);
 impl_reader!(WriteTx);
+
+fn damaged_key() -> MetaError {
+    MetaError::Decode(codec::DecodeError {
+        what: "table key",
+        version: 0,
+    })
+}
+
+/// The tag of a tagged `fs-2` key.
+pub(super) fn key_tag(key: &[u8]) -> Result<Tag> {
+    keys::split(key)
+        .and_then(|(_, _, rest)| keys::tag_in(rest))
+        .ok_or_else(damaged_key)
+}
+
+/// The index of an indexed `fs-2` key.
+pub(super) fn key_index(key: &[u8]) -> Result<u64> {
+    keys::split(key)
+        .and_then(|(_, _, rest)| keys::index_in(rest))
+        .ok_or_else(damaged_key)
+}

@@ -104,7 +104,10 @@ impl Volume {
         let (record, inline) = match known {
             Some(r) => (BlockRecord { refcount: 0, ..r }, None),
             None => {
-                let sealed = seal::seal(&self.keys.recipient, plain)
+                let sealed = self
+                    .headers
+                    .take()
+                    .and_then(|h| seal::seal_prepared(h, plain))
                     .map_err(|e| VolumeError::Seal(e.to_string()))?;
                 let mut record = BlockRecord {
                     refcount: 0,

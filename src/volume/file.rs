@@ -185,6 +185,8 @@ impl Volume {
     /// Opens a regular file; returns a handle number. Opening for reading counts as an access
     /// (see `atime`): reads the kernel then serves from its page cache never reach the volume.
     pub fn open(&self, ino: InodeNo, flags: OpenFlags) -> Result<u64> {
+        // An unlinked inode nothing holds open is waiting to be deleted: not openable.
+        self.live_inode(&self.meta.read()?, ino)?;
         let file = self.file(ino)?;
         if flags.read
             && let Some(inode) = file.overlay(|| self.meta.read().ok()?.inode(ino).ok()?)
@@ -498,7 +500,8 @@ impl Volume {
     }
 
     /// fallocate(2): mode 0 and KEEP_SIZE reserve space (see `prealloc`), PUNCH_HOLE (with
-    /// KEEP_SIZE) zeroes the range and frees whole blocks. Other modes are EOPNOTSUPP.
+    /// KEEP_SIZE) zeroes the range and frees whole blocks, ZERO_RANGE zeroes it and reserves
+    /// it. Other modes (collapse, insert, unshare) are EOPNOTSUPP.
     pub fn fallocate(
         &self,
         ino: InodeNo,
@@ -513,14 +516,15 @@ impl Volume {
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) != 0
-            || (punch && !keep_size)
-        {
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && !keep_size) || (punch && zero) {
             return Err(VolumeError::NotSupported("fallocate mode"));
         }
         let file = self.file(ino)?;
         self.remove_privs(ino, caller)?;
-        if punch {
+        if punch || zero {
             let size = file.lock().size;
             let end = end.min(size);
             let bs = self.block_size;
@@ -536,7 +540,9 @@ impl Volume {
                 }
                 pos = chunk_end;
             }
-        } else {
+        }
+        if !punch {
+            // Mode 0, KEEP_SIZE, and ZERO_RANGE after zeroing: the range is allocated.
             self.preallocate(ino, offset, end, keep_size)?;
         }
         self.maybe_evict(&file);

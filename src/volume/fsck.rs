@@ -151,7 +151,8 @@ impl Checker<'_> {
         snap: &crate::meta::ReadTx,
     ) -> Result<(InodeTable, Vec<(BlockId, BlockRecord)>)> {
         let sizes = snap.table_sizes()?;
-        let total = sizes.inodes + sizes.dirents + sizes.slots + sizes.blocks;
+        // Three passes over the fs rows (inodes, entries, slots), one over the block rows.
+        let total = 3 * sizes.fs_rows + sizes.block_rows;
         let mut done = 0u64;
         let mut inodes: HashMap<InodeNo, InodeFacts> = HashMap::new();
         let mut damaged = Vec::new();
@@ -174,7 +175,7 @@ impl Checker<'_> {
         for d in damaged.drain(..) {
             self.problem(ProblemKind::DamagedRecord, d, vec![]);
         }
-        done += sizes.inodes;
+        done += sizes.fs_rows;
         self.tick("metadata", done, total, false);
         self.report.inodes = inodes.len() as u64;
         self.report.files = inodes.values().filter(|f| f.kind == Kind::File).count() as u64;
@@ -246,7 +247,7 @@ impl Checker<'_> {
                 inodes.get_mut(&parent).expect("checked above").subdirs += 1;
             }
         }
-        done += sizes.dirents;
+        done += sizes.fs_rows;
 
         // Link counts and reachability; symlink targets and xattrs authenticate.
         let orphans: HashSet<InodeNo> = snap.orphan_list()?.into_iter().collect();
@@ -348,7 +349,7 @@ impl Checker<'_> {
                 Fix::DropSlot(ino, index),
             );
         }
-        done += sizes.slots;
+        done += sizes.fs_rows;
         let mut blocks: Vec<(BlockId, BlockRecord)> = records.into_iter().collect();
         blocks.sort_by_key(|(id, _)| *id);
         for (id, r) in &blocks {
@@ -366,7 +367,7 @@ impl Checker<'_> {
                 );
             }
         }
-        done += sizes.blocks;
+        done += sizes.block_rows;
         self.check_reservations(snap, &inodes)?;
         self.tick("metadata", done, total, false);
         self.report.blocks = blocks.len() as u64;

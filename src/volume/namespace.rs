@@ -60,6 +60,14 @@ pub struct DirEntry {
     pub attr: Option<Attr>,
 }
 
+/// Orphans deleted per transaction by `reap_orphans`: small, so an unlink waits little for
+/// the write lock meanwhile.
+const REAP_BATCH: usize = 64;
+/// Quiet time after which orphans are deleted.
+const REAP_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Orphans that are deleted at the next checkpoint, quiet or not.
+const REAP_PENDING_MAX: u64 = 20_000;
+
 /// First cookie used for real entries ("." is 1, ".." is 2).
 const FIRST_COOKIE: u64 = 3;
 
@@ -147,12 +155,13 @@ impl Volume {
     /// Finds `name` in directory `parent`.
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Attr> {
         let tx = self.meta.read()?;
-        let dir = self.load_inode(&tx, parent)?;
         if name == b"." {
             // Any inode, not only directories: the kernel resolves a file handle of an inode
             // it no longer caches by looking up "." of its number (export support).
-            return Ok(self.attr_of(parent, dir));
+            let inode = self.live_inode(&tx, parent)?;
+            return Ok(self.attr_of(parent, inode));
         }
+        let dir = self.load_inode(&tx, parent)?;
         if dir.kind != Kind::Dir {
             return Err(VolumeError::NotDir);
         }
@@ -303,7 +312,10 @@ impl Volume {
         Ok(self.attr_of(ino, inode))
     }
 
-    /// Drops one link of `ino`; deletes it (or parks it as an orphan while open) at zero.
+    /// Drops one link of `ino`. At zero it becomes an *orphan*: deleted by the next
+    /// [`reap_orphans`](Volume::reap_orphans) once nothing holds it open (or at the next
+    /// mount after a crash). Deleting a file's block references, xattrs and the rest in the
+    /// unlink itself cost it another table and most of its time; batched, it is cheap.
     fn drop_link(
         &self,
         tx: &mut WriteTx,
@@ -319,14 +331,68 @@ impl Volume {
             inode.nlink = inode.nlink.saturating_sub(1);
         }
         if inode.nlink == 0 {
-            if self.is_open(ino) || self.open_dirs.lock().contains_key(&ino) {
-                tx.add_orphan(ino)?;
-            } else {
-                work.inodes.remove(&ino);
-                tx.remove_inode(ino)?;
-            }
+            tx.add_orphan(ino)?;
+            self.orphans_pending
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Deletes every orphan nothing holds open, in batches of one transaction each. Returns
+    /// how many were deleted. The checkpoint calls it (through [`reap_when_due`]), so the
+    /// blocks of the deleted inodes are collected by that same checkpoint.
+    ///
+    /// [`reap_when_due`]: Volume::reap_when_due
+    pub fn reap_orphans(&self) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        if self.orphans_pending.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(0);
+        }
+        let mut reaped = 0;
+        let orphans = self.meta.read()?.orphan_list()?;
+        for batch in orphans.chunks(REAP_BATCH) {
+            let mut tx = self.meta.write()?;
+            let mut n = 0;
+            for &ino in batch {
+                // Checked under the write transaction: an open after it sees the inode gone.
+                if self.is_open(ino) || self.open_dirs.lock().contains_key(&ino) {
+                    continue;
+                }
+                if tx.inode(ino)?.is_none_or(|i| i.nlink == 0) {
+                    tx.remove_inode(ino)?;
+                    n += 1;
+                }
+            }
+            tx.commit()?;
+            self.mark_dirty();
+            reaped += n;
+        }
+        Ok(reaped)
+    }
+
+    /// Whether unlinked inodes wait for deletion (the daemon's tick checkpoints for them).
+    pub fn orphans_waiting(&self) -> bool {
+        self.orphans_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    }
+
+    /// [`reap_orphans`](Volume::reap_orphans) when it will not slow anyone down: once no
+    /// namespace change came for [`REAP_WHEN_IDLE`], or when many orphans wait (so they
+    /// cannot pile up under a steady load), or when `now` is asked (unmount, full disk).
+    /// Deleting is then out of the way of a burst of unlinks (XFS defers inode inactivation
+    /// to background workers for the same reason).
+    pub fn reap_when_due(&self, now: bool) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        let pending = self.orphans_pending.load(Ordering::Relaxed);
+        if pending == 0 {
+            return Ok(0);
+        }
+        let idle = self.last_change.lock().elapsed() >= REAP_WHEN_IDLE;
+        if now || idle || pending >= REAP_PENDING_MAX {
+            return self.reap_orphans();
+        }
+        Ok(0)
     }
 
     fn remove_entry(&self, parent: InodeNo, name: &[u8], want_dir: bool) -> Result<()> {
@@ -542,8 +608,15 @@ impl Volume {
     /// [`releasedir`]: Volume::releasedir
     pub fn opendir(&self, ino: InodeNo) -> Result<()> {
         // Count first, check after: a removal that runs in between sees it open.
-        *self.open_dirs.lock().entry(ino).or_insert(0) += 1;
+        let already_open = {
+            let mut open = self.open_dirs.lock();
+            let n = open.entry(ino).or_insert(0);
+            *n += 1;
+            *n > 1
+        };
         let checked = self.getattr(ino).and_then(|a| match a.inode.kind {
+            // Removed and held by nobody before us (a stale file handle).
+            _ if a.inode.nlink == 0 && !already_open => Err(VolumeError::NotFound),
             Kind::Dir => Ok(()),
             _ => Err(VolumeError::NotDir),
         });

@@ -89,8 +89,10 @@ fn identical_blocks_are_stored_once_and_freed_when_unreferenced() {
     assert_eq!(c.referenced_plain_bytes, 6 * 64 * 1024);
     v.unlink(InodeNo::ROOT, b"a").unwrap();
     v.unlink(InodeNo::ROOT, b"b").unwrap();
-    assert_eq!(v.counts().unwrap().blocks, 0);
+    // Unlinked inodes are deleted in batches before the next checkpoint, which then frees
+    // their blocks.
     assert_eq!(v.checkpoint().unwrap(), 1);
+    assert_eq!(v.counts().unwrap().blocks, 0);
     assert!(v.store().list().unwrap().is_empty());
 }
 
@@ -717,4 +719,88 @@ fn fallocate_reserves_space_and_counts_it() {
     v.unlink(InodeNo::ROOT, b"small").unwrap();
     v.checkpoint().unwrap();
     assert_eq!(reserved_file(), 0);
+}
+
+/// Not a test: prints what create, stat and unlink cost inside the volume, without FUSE
+/// (`cargo test --release -- --ignored --nocapture metadata_costs`).
+#[test]
+#[ignore]
+fn metadata_costs() {
+    let (_d, v) = volume(1 << 20);
+    let n = 10_000;
+    let buf = vec![5u8; 4096];
+    let t = std::time::Instant::now();
+    let mut inos = Vec::new();
+    for i in 0..n {
+        let name = format!("f{i:06}");
+        let a = v
+            .create_node(
+                InodeNo::ROOT,
+                name.as_bytes(),
+                NewNode::of(Kind::File, 0o644),
+                ME,
+            )
+            .unwrap();
+        let fh = v.open(a.ino, OpenFlags::write_only()).unwrap();
+        let mut b = buf.clone();
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        v.write(a.ino, 0, &b).unwrap();
+        v.flush(a.ino).unwrap();
+        v.release(fh).unwrap();
+        inos.push(a.ino);
+    }
+    let create = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let name = format!("f{i:06}");
+        let a = v.lookup(InodeNo::ROOT, name.as_bytes()).unwrap();
+        v.getattr(a.ino).unwrap();
+    }
+    let stat = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let name = format!("f{i:06}");
+        v.lookup(InodeNo::ROOT, name.as_bytes()).unwrap();
+        v.unlink(InodeNo::ROOT, name.as_bytes()).unwrap();
+    }
+    let unlink = t.elapsed();
+    // Unlinks again, with a thread doing lookups meanwhile (as other FUSE threads do).
+    for i in 0..n {
+        let name = format!("g{i:06}");
+        v.create_node(
+            InodeNo::ROOT,
+            name.as_bytes(),
+            NewNode::of(Kind::File, 0o644),
+            ME,
+        )
+        .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (v, stop) = (v.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = v.lookup(InodeNo::ROOT, b"g000001");
+            }
+        })
+    };
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let name = format!("g{i:06}");
+        v.unlink(InodeNo::ROOT, name.as_bytes()).unwrap();
+    }
+    let unlink_busy = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    println!(
+        "unlink with a concurrent reader: {:.1} us",
+        unlink_busy.as_secs_f64() * 1e6 / n as f64
+    );
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "per file: create+write+close {:.1} us, lookup+getattr {:.1} us, lookup+unlink {:.1} us",
+        per(create),
+        per(stat),
+        per(unlink)
+    );
 }
