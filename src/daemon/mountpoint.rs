@@ -80,26 +80,92 @@ pub fn is_stale(path: &Path) -> bool {
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
-/// Detaches a dead mount at `path` (lazy unmount).
+/// How long detaching a dead mount may take before the mount goes ahead anyway.
+const DETACH_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Detaches a dead mount at `path` (lazy unmount), in bounded time.
+///
+/// A lazy unmount takes the mount out of the namespace as soon as the kernel starts it; the
+/// teardown of the dead connection that follows (dropping its inodes and pages) runs in the
+/// task that made the call and has been seen to take minutes (a restarted mount sat 20 s to
+/// over 2 min in its `fusermount3 -u -z` child). So the call runs on a thread of its own (as
+/// root: umount2 directly; otherwise the setuid fusermount3), and this waits only until the
+/// dead mount is gone from the mount table, at most [`DETACH_WITHIN`], logging how long it
+/// took; the teardown may go on in the background.
 pub fn detach(path: &Path) -> std::io::Result<()> {
-    let status = Command::new("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(path)
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        _ => {
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: c is a valid NUL-terminated path.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+    let started = std::time::Instant::now();
+    let before = mount_at(path);
+    let target = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("bitcloud-detach".into())
+        .spawn(move || {
+            let _ = tx.send(lazy_unmount(&target));
+        })?;
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(result) => {
+                log_detach(path, started);
+                return result;
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("the detach thread died"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Gone from the table (or replaced): free to mount, whatever the thread still does.
+        if before.is_some() && mount_at(path) != before && !is_stale(path) {
+            tracing::warn!(target: "bitcloud::daemon", path = %path.display(), waited_ms = started.elapsed().as_millis() as u64, "the dead mount is detached; its teardown goes on in the background");
+            return Ok(());
+        }
+        if started.elapsed() > DETACH_WITHIN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "detaching the dead mount at {} did not finish within {} s",
+                    path.display(),
+                    DETACH_WITHIN.as_secs()
+                ),
+            ));
         }
     }
+}
+
+fn log_detach(path: &Path, started: std::time::Instant) {
+    let ms = started.elapsed().as_millis() as u64;
+    if ms > 1000 {
+        tracing::warn!(target: "bitcloud::daemon", path = %path.display(), ms, "detaching the dead mount was slow");
+    } else {
+        tracing::info!(target: "bitcloud::daemon", path = %path.display(), ms, "dead mount detached");
+    }
+}
+
+/// umount2(MNT_DETACH) as root, `fusermount3 -u -z` otherwise.
+fn lazy_unmount(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: geteuid cannot fail; c is a valid NUL-terminated path.
+    if unsafe { libc::geteuid() } == 0
+        && unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0
+    {
+        return Ok(());
+    }
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(std::io::Error::other(if msg.is_empty() {
+        "fusermount3 -u -z failed".to_string()
+    } else {
+        msg
+    }))
 }
 
 /// Unmounts `path` (not lazily): fails with EBUSY while files are open.
