@@ -22,6 +22,7 @@
 #   BENCH_RAND_MB       file size for random 4 KiB I/O, MiB (default 256)
 #   BENCH_RAND_SECS     seconds per random read / random write run (default 10)
 #   BENCH_BIG_MB        file written before reading the mount process's peak RSS, MiB (default 4096)
+#   BENCH_FSX_OPS       operations per fsx run (default 10000)
 #   BENCH_MOUNT_TIMEOUT seconds to wait for a mount to appear / a daemon to exit (default 60)
 #   BENCH_OUT           also write the report (table + per-run values) to this file
 #
@@ -31,6 +32,9 @@
 #   files        python3, no fork per file: os.open/os.write(4 KiB)/os.close, then os.stat, then
 #                os.unlink over BENCH_FILES files in one directory; each loop timed separately
 #                (the stats come right after the writes, so FUSE targets answer a GETATTR for each)
+#   fsx          benches/fsx.c (compiled here with cc): the classic fsx mix of reads, writes,
+#                mapped reads and writes (msync), truncates, fallocate, punch and zero range,
+#                every byte checked, on a 10 MiB and a 256 KiB file; ops/s (the seed is the run)
 #   random 4 KiB fio psync, --direct=0, bs=4k, on a BENCH_RAND_MB file, each run time-based
 #                (BENCH_RAND_SECS): read cold (after a remount + drop_caches: mostly disk + decode),
 #                read warm (file read once just before, fio --invalidate=0: served by the kernel page
@@ -55,6 +59,7 @@ NFILES=${BENCH_FILES:-10000}
 RAND_MB=${BENCH_RAND_MB:-256}
 RAND_SECS=${BENCH_RAND_SECS:-10}
 BIG_MB=${BENCH_BIG_MB:-4096}
+FSX_OPS=${BENCH_FSX_OPS:-10000}
 MOUNT_TIMEOUT=${BENCH_MOUNT_TIMEOUT:-60}
 PY=python3
 [[ -x /usr/bin/python3 ]] && PY=/usr/bin/python3
@@ -63,8 +68,8 @@ say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 2; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (drop_caches, mounts)"
-for c in fio "$PY" fusermount3; do command -v "$c" >/dev/null || die "$c not found (run scripts/setup.sh)"; done
-for n in "$RUNS" "$SEQ_MB" "$NFILES" "$RAND_MB" "$RAND_SECS" "$BIG_MB"; do
+for c in fio "$PY" fusermount3 cc; do command -v "$c" >/dev/null || die "$c not found (run scripts/setup.sh)"; done
+for n in "$RUNS" "$SEQ_MB" "$NFILES" "$RAND_MB" "$RAND_SECS" "$BIG_MB" "$FSX_OPS"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "sizes/counts must be positive integers (got '$n')"
 done
 
@@ -171,6 +176,7 @@ run() {
 [[ -d $BENCH_DIR ]] || die "BENCH_DIR $BENCH_DIR does not exist"
 BASE=$(mktemp -d "$BENCH_DIR/bitcloud-bench.XXXXXX")
 chmod 0755 "$BASE"
+cc -O2 -o "$BASE/fsx" "$REPO/benches/fsx.c" || die "cannot compile benches/fsx.c"
 
 # free space: the biggest file plus the FUSE targets' copies must fit (all targets hold a seq file at once)
 copies=$(( ${#TARGETS[@]} > 3 ? ${#TARGETS[@]} : 3 ))
@@ -293,6 +299,7 @@ fio_job() {
 }
 
 declare -A RES=()   # "metric|target" -> space-separated values
+declare -A FSX_NOTE=()  # target -> what fsx skipped there (modes the filesystem refused)
 record() { RES["$1|$2"]="${RES["$1|$2"]:+${RES["$1|$2"]} }$3"; }
 
 # fio_val read|write mbps|iops: the result of the last fio job
@@ -327,6 +334,19 @@ for ((r = 1; r <= RUNS; r++)); do
         run "$PY" "$BASE/fsbench.py" files "${DIR[$t]}/files" "$NFILES" >"$BASE/files.out"
         read -r c s d <"$BASE/files.out"
         record create "$t" "$c"; record stat "$t" "$s"; record delete "$t" "$d"
+    done
+    say "run $r/$RUNS: fsx ${FSX_OPS} operations on a 10 MiB and a 256 KiB file"
+    for t in "${TARGETS[@]}"; do
+        for size in 10485760 262144; do
+            quiesce
+            out=$(run "$BASE/fsx" "${DIR[$t]}/fsx.bin" "$FSX_OPS" "$size" "$r") \
+                || die "fsx failed on $t: $out"
+            secs=$(awk '{ print $2 }' <<<"$out")
+            FSX_NOTE[$t]=$(sed -n 's/.*(\(.*\)).*/\1/p' <<<"$out")
+            key=$([[ $size == 10485760 ]] && echo fsx10m || echo fsx256k)
+            record "$key" "$t" "$(awk -v n="$FSX_OPS" -v s="$secs" 'BEGIN { print n / s }')"
+            rm -f "${DIR[$t]}/fsx.bin"
+        done
     done
     say "run $r/$RUNS: random 4 KiB read cold/warm + write on ${RAND_MB} MiB (${RAND_SECS}s each)"
     for t in "${TARGETS[@]}"; do
@@ -366,13 +386,15 @@ for t in "${TARGETS[@]}"; do [[ $t == raw ]] || stop_fs "$t"; done
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 fmt() { awk -v v="$1" 'BEGIN { if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.2f", v }'; }
 
-ROWS=(seqw seqr create stat delete randr randrw randw bigw hwm)
+ROWS=(seqw seqr create stat delete fsx10m fsx256k randr randrw randw bigw hwm)
 declare -A LABEL=(
     [seqw]="seq write ${SEQ_MB} MiB, bs 1M, fsync (MB/s)"
     [seqr]="seq read cold (MB/s)"
     [create]="create ${NFILES} x 4 KiB (files/s)"
     [stat]="stat (files/s)"
     [delete]="delete (files/s)"
+    [fsx10m]="fsx ${FSX_OPS} ops, 10 MiB file (ops/s)"
+    [fsx256k]="fsx ${FSX_OPS} ops, 256 KiB file (ops/s)"
     [randr]="random read 4 KiB cold, ${RAND_MB} MiB file (IOPS)"
     [randrw]="random read 4 KiB warm (IOPS)"
     [randw]="random write 4 KiB + fsync (IOPS)"
@@ -428,6 +450,10 @@ report() {
         done
         printf '|\n'
         unset med
+    done
+    echo
+    for t in "${TARGETS[@]}"; do
+        [[ -n ${FSX_NOTE[$t]:-} ]] && echo "fsx on $t: ${FSX_NOTE[$t]} (operations the filesystem refused are skipped, as fsx does)"
     done
     echo
     echo "Per-run values:"

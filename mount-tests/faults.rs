@@ -308,6 +308,61 @@ fn repeated_kill_9_and_remount_is_bounded_and_loses_nothing() {
     }
 }
 
+/// "fsync of a file that already existed is durable as it returns (it goes through the
+/// journal): after kill -9 the file reads as at its last completed fsync, or at the one
+/// in progress; never anything else."
+#[test]
+fn kill_9_keeps_the_last_fsync_of_a_rewritten_file() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/mount-tests/scripts/fsync_rewriter.py"
+    );
+    let mut m = Mount::new();
+    let mnt = m.mnt.clone();
+    write_pattern(&mnt.join("db"), 3_000_000, 9);
+    m.remount(); // the file is durable: its fsyncs are journalled
+    let side = tempfile::tempdir().unwrap();
+    for cycle in 0..6u64 {
+        let ledger = side.path().join(format!("ledger-{cycle}"));
+        let mut writer = std::process::Command::new("python3")
+            .arg(script)
+            .arg(mnt.join("db"))
+            .arg(&ledger)
+            .arg(cycle.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let done = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_or(0, |t| t.lines().filter(|l| l.starts_with("done")).count())
+        };
+        let start = std::time::Instant::now();
+        while done(&ledger) < 5 + cycle as usize * 7 {
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "the writer made no progress"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        m.kill9();
+        let _ = writer.kill();
+        let _ = writer.wait();
+        m.start();
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let last_done = lines.iter().rposition(|l| l.starts_with("done")).unwrap();
+        let mut allowed = vec![lines[last_done][5..].to_string()];
+        if let Some(p) = lines.get(last_done + 1) {
+            allowed.push(p[8..].to_string());
+        }
+        let got = sh(&mnt, "sha256sum db | cut -d' ' -f1");
+        assert!(
+            allowed.contains(&got.trim().to_string()),
+            "cycle {cycle}: the file is neither its last fsynced state nor the next"
+        );
+    }
+}
+
 /// "Nothing under the home directory contains file contents or names in clear."
 #[test]
 fn no_plaintext_under_home() {

@@ -23,6 +23,7 @@ const CTX_NAME_MAC: &str = "bitcloud 2026-11 name siv mac key v1";
 const CTX_NAME_ENC: &str = "bitcloud 2026-11 name siv stream key v1";
 const CTX_SIGNING: &str = "bitcloud 2026-11 volume ed25519 seed v1";
 const CTX_VOLUME_ID: &str = "bitcloud 2026-11 volume id v1";
+const CTX_JOURNAL: &str = "bitcloud 2026-12 fsync journal key v1";
 
 /// Errors reading or writing the identity file.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub struct VolumeKeys {
     pub signing_seed: Zeroizing<[u8; 32]>,
     /// Public, stable id of the volume (hash of the recipient, not secret).
     pub volume_id: [u8; 32],
+    /// Key of the fsync journal's frames (ChaCha20-Poly1305).
+    pub journal: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for VolumeKeys {
@@ -77,6 +80,7 @@ impl VolumeKeys {
             name_mac: Zeroizing::new(blake3::derive_key(CTX_NAME_MAC, material)),
             name_enc: Zeroizing::new(blake3::derive_key(CTX_NAME_ENC, material)),
             signing_seed: Zeroizing::new(blake3::derive_key(CTX_SIGNING, material)),
+            journal: Zeroizing::new(blake3::derive_key(CTX_JOURNAL, material)),
             volume_id,
             recipient,
             identity,

@@ -19,9 +19,11 @@ mod cache;
 mod commit;
 mod dirty;
 pub mod error;
+mod fastsync;
 mod file;
 pub mod fsck;
 mod headers;
+mod journal;
 mod namespace;
 mod prealloc;
 mod read;
@@ -142,6 +144,9 @@ pub struct Volume {
     last_change: Mutex<std::time::Instant>,
     /// Access times recorded since the last checkpoint, not yet written (see `atime`).
     atimes: Mutex<HashMap<InodeNo, Timestamp>>,
+    /// The fsync journal, and what a journalled fsync must write (see `fastsync`).
+    journal: journal::Journal,
+    undurable: Mutex<fastsync::Undurable>,
     /// Age headers wrapped ahead of time (see `headers`).
     headers: headers::HeaderPool,
     /// Disk space held for fallocated ranges (see `prealloc`).
@@ -164,6 +169,8 @@ impl std::fmt::Debug for Volume {
 /// What `Volume::load` repaired after an unclean stop.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Recovery {
+    /// fsync journal records re-applied (data fsynced since the last durable commit).
+    pub journal_records: u64,
     pub orphans_removed: u64,
     pub stray_blocks_removed: u64,
     pub blocks_collected: u64,
@@ -201,6 +208,11 @@ impl Volume {
         let store = BlockStore::open(&data_dir.join("blocks"))?;
         let names = NameCipher::new(*keys.name_mac, *keys.name_enc);
         let headers = headers::HeaderPool::start(keys.recipient.clone());
+        let journal = journal::Journal::new(
+            data_dir.join("journal"),
+            *keys.journal,
+            meta.journal_epoch()?,
+        );
         let volume = Arc::new_cyclic(|weak| Volume {
             meta,
             store,
@@ -226,11 +238,17 @@ impl Volume {
             orphans_pending: AtomicU64::new(0),
             last_change: Mutex::new(std::time::Instant::now()),
             headers,
+            journal,
+            undurable: Mutex::new(fastsync::Undurable::default()),
             reservation: prealloc::Reservation::new(data_dir, block_size),
             space: parking_lot::RwLock::new(()),
             me: weak.clone(),
         });
-        let recovery = volume.recover()?;
+        // Before anything sweeps block files: journal records may name files the durable
+        // metadata does not know yet.
+        let replayed = volume.replay_journal()?;
+        let mut recovery = volume.recover()?;
+        recovery.journal_records = replayed as u64;
         Ok((volume, recovery))
     }
 
@@ -302,19 +320,6 @@ impl Volume {
     /// Whether changes were committed since the last checkpoint.
     pub fn needs_checkpoint(&self) -> bool {
         self.needs_checkpoint.load(Ordering::Relaxed)
-    }
-
-    /// Makes everything committed so far durable: block files first, then the metadata.
-    /// Returns the gc epoch now covered. This is all `fsync` waits for.
-    pub fn make_durable(&self) -> Result<u64> {
-        self.write_atimes()?;
-        // Every commit counted so far has finished (the count follows the commit).
-        let upto = self.commits.load(Ordering::SeqCst);
-        self.needs_checkpoint.store(false, Ordering::Relaxed);
-        self.store.sync_pending()?;
-        let covered = self.meta.commit_durable()?;
-        self.durable_commits.fetch_max(upto, Ordering::SeqCst);
-        Ok(covered)
     }
 
     /// [`make_durable`](Self::make_durable), then frees blocks whose zero refcount is now
@@ -498,6 +503,10 @@ impl Volume {
         tx.commit()?;
         drop(guard);
         self.mark_dirty();
+        if changed {
+            // Mode, owner or times set by hand: the fsync journal does not carry those.
+            self.note_fresh(ino);
+        }
         Ok(self.attr_of(ino, inode))
     }
 

@@ -375,12 +375,37 @@ pub fn decode_sealed(v: &[u8]) -> Result<(Tag, &[u8]), DecodeError> {
 
 /// Converts a stored block id.
 pub fn block_id_of(v: &[u8]) -> Result<BlockId, DecodeError> {
-    <[u8; 32]>::try_from(v)
-        .map(BlockId)
-        .map_err(|_| DecodeError {
-            what: "block id",
+    Ok(slot_of(v)?.0)
+}
+
+/// A block-map slot's value: the block id, and how many of its plaintext bytes count when
+/// a truncation cut the block without re-sealing it (`None`: all of them).
+pub fn slot_of(v: &[u8]) -> Result<(BlockId, Option<u32>), DecodeError> {
+    let err = DecodeError {
+        what: "block-map slot",
+        version: 0,
+    };
+    let id = BlockId(v.get(..32).ok_or(err)?.try_into().expect("32 bytes"));
+    match v.len() {
+        32 => Ok((id, None)),
+        36 => Ok((
+            id,
+            Some(u32::from_le_bytes(v[32..].try_into().expect("4 bytes"))),
+        )),
+        _ => Err(DecodeError {
+            what: "block-map slot",
             version: 0,
-        })
+        }),
+    }
+}
+
+/// Encodes a slot value (see [`slot_of`]).
+pub fn encode_slot(id: &BlockId, valid: Option<u32>) -> Vec<u8> {
+    let mut v = id.0.to_vec();
+    if let Some(len) = valid {
+        v.extend_from_slice(&len.to_le_bytes());
+    }
+    v
 }
 
 #[cfg(test)]

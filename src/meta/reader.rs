@@ -23,6 +23,15 @@ pub trait Reader {
         limit: usize,
     ) -> Result<Vec<(Tag, Dirent)>>;
     fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>>;
+    /// The slot's block and how many of its bytes are valid (`None`: all).
+    fn slot_at(&self, ino: InodeNo, index: u64) -> Result<Option<(BlockId, Option<u32>)>>;
+    /// Mapped slots of `ino` with index in `from..to`, with their valid lengths.
+    fn slots_in(
+        &self,
+        ino: InodeNo,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, BlockId, Option<u32>)>>;
     /// Mapped blocks of `ino` with index in `from..to`.
     fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>>;
     fn block_record(&self, id: &BlockId) -> Result<Option<BlockRecord>>;
@@ -99,15 +108,32 @@ macro_rules! impl_reader {
             }
 
             fn block_at(&self, ino: InodeNo, index: u64) -> Result<Option<BlockId>> {
+                Ok(self.slot_at(ino, index)?.map(|(id, _)| id))
+            }
+
+            fn slot_at(&self, ino: InodeNo, index: u64) -> Result<Option<(BlockId, Option<u32>)>> {
                 let t = db!(self.txn.open_table(FS));
                 let g = db!(t.get(&keys::indexed(ino, keys::SLOT, index)[..]));
                 Ok(match g {
-                    Some(v) => Some(codec::block_id_of(v.value())?),
+                    Some(v) => Some(codec::slot_of(v.value())?),
                     None => None,
                 })
             }
 
             fn blocks_in(&self, ino: InodeNo, from: u64, to: u64) -> Result<Vec<(u64, BlockId)>> {
+                Ok(self
+                    .slots_in(ino, from, to)?
+                    .into_iter()
+                    .map(|(i, id, _)| (i, id))
+                    .collect())
+            }
+
+            fn slots_in(
+                &self,
+                ino: InodeNo,
+                from: u64,
+                to: u64,
+            ) -> Result<Vec<(u64, BlockId, Option<u32>)>> {
                 let mut out = Vec::new();
                 if from >= to {
                     return Ok(out);
@@ -117,7 +143,8 @@ macro_rules! impl_reader {
                 let hi = keys::indexed(ino, keys::SLOT, to);
                 for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
                     let (k, v) = db!(row);
-                    out.push((key_index(k.value())?, codec::block_id_of(v.value())?));
+                    let (id, valid) = codec::slot_of(v.value())?;
+                    out.push((key_index(k.value())?, id, valid));
                 }
                 Ok(out)
             }

@@ -29,6 +29,13 @@ pub(super) struct SealedBlock {
     _pin: PinGuard,
 }
 
+impl SealedBlock {
+    /// What the fsync journal records for a slot holding this block.
+    pub(super) fn slot_state(&self) -> (BlockId, BlockRecord, Option<Vec<u8>>) {
+        (self.id, self.record, self.inline.clone())
+    }
+}
+
 type PinMap = Arc<Mutex<std::collections::HashMap<BlockId, usize>>>;
 
 /// Block ids being sealed and not yet committed (see `Volume::pins`).
@@ -192,7 +199,12 @@ impl Volume {
             let outcome =
                 result.and_then(|block| self.commit_block(file.ino, job.index, block, &st));
             match outcome {
-                Ok(()) => {
+                Ok(stored) => {
+                    // The plaintext is at hand: the next read or partial write of this block
+                    // need not decrypt it again (random I/O seals and re-reads constantly).
+                    if let Some(id) = stored {
+                        self.cache.insert(id, job.data.clone());
+                    }
                     st.dirty.remove(&job.index);
                     if st.dirty.is_empty() && st.in_flight == 0 {
                         st.attr_dirty = false;
@@ -211,16 +223,17 @@ impl Volume {
         file.changed.notify_all();
     }
 
+    /// Commits a sealed block into its slot; returns its id if one was stored (not a hole).
     fn commit_block(
         &self,
         ino: InodeNo,
         index: u64,
         block: Option<SealedBlock>,
         st: &FileState,
-    ) -> Result<()> {
+    ) -> Result<Option<BlockId>> {
         let mut tx = self.meta.write()?;
         let Some(mut inode) = tx.inode(ino)? else {
-            return Ok(()); // deleted meanwhile
+            return Ok(None); // deleted meanwhile
         };
         let delta = Self::apply_block(&mut tx, ino, index, block.as_ref())?;
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
@@ -231,7 +244,8 @@ impl Volume {
         tx.put_inode(ino, &inode)?;
         tx.commit()?;
         self.mark_dirty();
-        Ok(())
+        self.note_slot(ino, index, block.as_ref().map(SealedBlock::slot_state));
+        Ok(block.map(|b| b.id))
     }
 }
 

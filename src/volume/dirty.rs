@@ -79,6 +79,33 @@ pub(super) struct Dirty {
     pub queued: bool,
     /// When this version became dirty (first write since it was last queued).
     pub since: Instant,
+    /// Byte ranges written since the fsync journal last took them (`volume::journal`).
+    pub unlogged: Vec<(u32, u32)>,
+}
+
+/// Ranges kept apart per dirty block before they are merged into one.
+const MAX_RANGES: usize = 32;
+
+impl Dirty {
+    /// Notes bytes `from..to` as written and not yet journalled.
+    pub(super) fn note_written(&mut self, from: u32, to: u32) {
+        let r = &mut self.unlogged;
+        r.push((from, to));
+        r.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(r.len());
+        for &(a, b) in r.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        if merged.len() > MAX_RANGES {
+            let lo = merged.first().map_or(0, |x| x.0);
+            let hi = merged.last().map_or(0, |x| x.1);
+            merged = vec![(lo, hi)];
+        }
+        *r = merged;
+    }
 }
 
 /// A file's dirty blocks by block index, charged to the volume's budget. Read access goes
@@ -154,6 +181,28 @@ mod tests {
             seq: 0,
             queued: false,
             since: Instant::now(),
+            unlogged: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn written_ranges_merge() {
+        let mut d = dirty();
+        d.note_written(10, 20);
+        d.note_written(30, 40);
+        d.note_written(15, 31);
+        d.note_written(50, 60);
+        assert_eq!(d.unlogged, vec![(10, 40), (50, 60)]);
+        for i in 0..40 {
+            d.note_written(100 + i * 10, 105 + i * 10);
+        }
+        assert!(d.unlogged.len() <= MAX_RANGES, "ranges stay few");
+        for i in 0..40 {
+            let at = 100 + i * 10;
+            assert!(
+                d.unlogged.iter().any(|&(a, b)| a <= at && at + 5 <= b),
+                "{at} covered"
+            );
         }
     }
 

@@ -260,8 +260,14 @@ impl Volume {
         if let Some(d) = st.dirty.get(&index) {
             return Ok(d.data.as_ref().clone());
         }
-        match self.meta.read()?.block_at(ino, index)? {
-            Some(id) => Ok(self.load_block(ino, index, id)?.as_ref().clone()),
+        match self.meta.read()?.slot_at(ino, index)? {
+            Some((id, valid)) => {
+                let mut data = self.load_block(ino, index, id)?.as_ref().clone();
+                if let Some(v) = valid {
+                    data.truncate(v as usize);
+                }
+                Ok(data)
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -305,6 +311,7 @@ impl Volume {
                             seq,
                             queued: false,
                             since: Instant::now(),
+                            unlogged: Vec::new(),
                         },
                     );
                 }
@@ -321,6 +328,7 @@ impl Volume {
                 }
                 buf[within..within + take]
                     .copy_from_slice(&data[(pos - offset) as usize..][..take]);
+                d.note_written(within as u32, (within + take) as u32);
                 if within + take == bs as usize {
                     d.queued = true;
                     jobs.push((index, d.seq, d.data.clone()));
@@ -415,14 +423,6 @@ impl Volume {
         }
     }
 
-    /// Flushes `ino` and makes the whole volume durable.
-    pub fn fsync(&self, ino: InodeNo) -> Result<()> {
-        self.flush(ino)?;
-        // Durability only: freeing overwritten blocks is left to the periodic checkpoint.
-        self.make_durable()?;
-        Ok(())
-    }
-
     /// Sets the size of a regular file, dropping or zero-extending its tail.
     pub fn truncate(&self, ino: InodeNo, new_size: u64) -> Result<()> {
         if new_size > super::MAX_FILE_SIZE {
@@ -434,31 +434,43 @@ impl Volume {
         result
     }
 
+    /// Truncation never re-seals the block it cuts (the *edge*): the slot is marked as holding
+    /// only the block's first bytes (`clip_slot`), and a dirty edge is cut in memory, so a
+    /// truncate costs one transaction whatever the block size.
     fn truncate_locked(&self, file: &Arc<OpenFile>, new_size: u64) -> Result<()> {
         let ino = file.ino;
         let bs = self.block_size;
         let mut st = file.lock();
         let now = Timestamp::now();
         let keep_blocks = new_size.div_ceil(bs);
-        let edge = (!new_size.is_multiple_of(bs)).then_some(new_size / bs);
-        let mut edge_block = None;
-        if new_size < st.size {
-            if let Some(index) = edge {
-                let mut data = self.current_block(ino, &st, index)?;
-                data.truncate((new_size - index * bs) as usize);
-                edge_block = Some((index, self.seal_for_slot(ino, index, &data)?));
+        let shrinking = new_size < st.size;
+        // The block that keeps some of its bytes, and how many.
+        let edge = (!new_size.is_multiple_of(bs)).then(|| (new_size / bs, (new_size % bs) as u32));
+        if shrinking {
+            st.dirty.retain(|i, _| *i < keep_blocks);
+            if let Some((index, len)) = edge {
+                let seq = st.bump();
+                if let Some(d) = st.dirty.get_mut(&index) {
+                    let buf = Arc::make_mut(&mut d.data);
+                    buf.truncate(len as usize);
+                    d.unlogged.retain_mut(|r| {
+                        r.1 = r.1.min(len);
+                        r.0 < r.1
+                    });
+                    // A seal of the longer version in flight must not commit.
+                    if d.queued {
+                        d.queued = false;
+                        d.seq = seq;
+                    }
+                }
             }
-            st.dirty.retain(|i, _| *i < keep_blocks && Some(*i) != edge);
         }
         let mut tx = self.meta.write()?;
         let mut inode = self.load_inode(&tx, ino)?;
-        let mut delta = -(tx.set_blocks_from(ino, keep_blocks)? as i64);
-        let mut unreserved = tx.unreserve(ino, keep_blocks, u64::MAX)?;
-        if let Some((index, block)) = edge_block {
-            delta += Self::apply_block(&mut tx, ino, index, block.as_ref())?;
-            if block.is_some() {
-                unreserved += u64::from(tx.take_reserved(ino, index)?);
-            }
+        let delta = -(tx.set_blocks_from(ino, keep_blocks)? as i64);
+        let unreserved = tx.unreserve(ino, keep_blocks, u64::MAX)?;
+        if shrinking && let Some((index, len)) = edge {
+            tx.clip_slot(ino, index, len)?;
         }
         inode.stored_blocks = inode.stored_blocks.saturating_add_signed(delta);
         inode.reserved_blocks = inode.reserved_blocks.saturating_sub(unreserved);
@@ -469,6 +481,9 @@ impl Volume {
         tx.put_inode(ino, &inode)?;
         tx.commit()?;
         self.mark_dirty();
+        if shrinking {
+            self.note_truncate(ino, new_size, keep_blocks, edge);
+        }
         st.size = new_size;
         st.mtime = now;
         st.ctime = now;
@@ -559,6 +574,7 @@ impl Volume {
         // A punched block is deallocated, reserved or not (as on ext4).
         let unreserved = tx.unreserve(file.ino, index, index + 1)?;
         inode.reserved_blocks = inode.reserved_blocks.saturating_sub(unreserved);
+
         let now = Timestamp::now();
         inode.mtime = now;
         inode.ctime = now;
@@ -567,6 +583,8 @@ impl Volume {
         st.mtime = now;
         st.ctime = now;
         self.mark_dirty();
+        // Also when the slot was a hole already: bytes journalled for it earlier are gone.
+        self.note_slot(file.ino, index, None);
         Ok(())
     }
 }
@@ -578,7 +596,7 @@ fn queue_unqueued(file: &Arc<OpenFile>, st: &mut FileState) -> Vec<SealJob> {
 }
 
 /// [`queue_unqueued`] for the blocks `pick` chooses.
-fn queue_where(
+pub(super) fn queue_where(
     file: &Arc<OpenFile>,
     st: &mut FileState,
     pick: impl Fn(&Dirty) -> bool,

@@ -257,6 +257,7 @@ impl Volume {
         }
         tx.commit()?;
         self.mark_dirty();
+        self.note_fresh(ino);
         Ok(self.attr_of(ino, inode))
     }
 
@@ -309,6 +310,7 @@ impl Volume {
         let inode = work.inodes[&ino].clone();
         tx.commit()?;
         self.mark_dirty();
+        self.note_fresh(ino);
         Ok(self.attr_of(ino, inode))
     }
 
@@ -467,6 +469,7 @@ impl Volume {
         let dst_tag = self.dirent_tag(newparent, newname);
         let src = tx.dirent(parent, &src_tag)?.ok_or(VolumeError::NotFound)?;
         let dst = tx.dirent(newparent, &dst_tag)?;
+        let dst_child = dst.as_ref().map(|d| d.child);
         if src.kind == Kind::Dir && self.is_ancestor(&tx, src.child, newparent)? {
             return Err(VolumeError::Invalid("cannot move a directory into itself"));
         }
@@ -522,6 +525,12 @@ impl Volume {
         }
         tx.commit()?;
         self.mark_dirty();
+        // An fsync of a renamed file makes the rename durable too (as on ext4, and as
+        // "write a temp file, fsync, rename" expects): its next fsync is the full one.
+        self.note_fresh(src.child);
+        if let (RenameMode::Exchange, Some(d)) = (mode, dst_child) {
+            self.note_fresh(d);
+        }
         Ok(())
     }
 

@@ -46,9 +46,10 @@ impl Volume {
             }
             let first = offset / bs;
             let last = (end - 1) / bs;
-            let mapped: BTreeMap<u64, BlockId> = tx
-                .blocks_in(ino, first, last + 1 + PREFETCH_AHEAD)?
+            let mapped: BTreeMap<u64, (BlockId, Option<u32>)> = tx
+                .slots_in(ino, first, last + 1 + PREFETCH_AHEAD)?
                 .into_iter()
+                .map(|(i, id, valid)| (i, (id, valid)))
                 .collect();
             // A sequential read (it starts where the last one ended) reaching past the middle
             // of its last block: warm the next few, so decryption runs ahead of the reader on
@@ -60,7 +61,7 @@ impl Volume {
             if sequential && end > last * bs + bs / 2 {
                 for next in last + 1..=last + PREFETCH_AHEAD {
                     if !st.dirty.contains_key(&next)
-                        && let Some(id) = mapped.get(&next)
+                        && let Some((id, _)) = mapped.get(&next)
                     {
                         self.prefetch(ino, next, *id);
                     }
@@ -70,7 +71,7 @@ impl Volume {
                 .map(|i| {
                     let s = match (st.dirty.get(&i), mapped.get(&i)) {
                         (Some(d), _) => Source::Dirty(d.data.clone()),
-                        (None, Some(id)) => Source::Stored(*id),
+                        (None, Some((id, valid))) => Source::Stored(*id, *valid),
                         (None, None) => Source::Hole,
                     };
                     (i, s)
@@ -80,11 +81,19 @@ impl Volume {
         };
         let mut out = vec![0u8; (end - offset) as usize];
         for (index, source) in sources {
+            let bstart = index * bs;
+            // Bytes of the block that count: all of it, or what a truncation left.
+            let mut valid_end = bstart + bs;
             let data = match source {
                 Source::Dirty(d) => d,
-                Source::Stored(id) => {
-                    let bstart = index * bs;
-                    let (from, to) = (offset.max(bstart), end.min(bstart + bs));
+                Source::Stored(id, valid) => {
+                    if let Some(v) = valid {
+                        valid_end = bstart + u64::from(v);
+                    }
+                    let (from, to) = (offset.max(bstart), end.min(valid_end));
+                    if from >= to {
+                        continue; // past what the block holds: zeros
+                    }
                     if to - from <= PARTIAL_READ_MAX as u64
                         && !self.cache.contains(&id)
                         && let Some(part) =
@@ -98,9 +107,8 @@ impl Volume {
                 }
                 Source::Hole => continue,
             };
-            let bstart = index * bs;
             let from = offset.max(bstart);
-            let to = end.min(bstart + data.len() as u64);
+            let to = end.min(bstart + data.len() as u64).min(valid_end);
             if from < to {
                 let dst = (from - offset) as usize..(to - offset) as usize;
                 out[dst].copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
@@ -214,6 +222,7 @@ impl Volume {
 
 enum Source {
     Dirty(Arc<Vec<u8>>),
-    Stored(BlockId),
+    /// A stored block, and how many of its bytes count (`None`: all).
+    Stored(BlockId, Option<u32>),
     Hole,
 }

@@ -109,6 +109,7 @@ impl Volume {
         tx.put_inode(ino, &inode)?;
         tx.commit()?;
         self.mark_dirty();
+        self.note_fresh(ino);
         Ok(())
     }
 
@@ -172,6 +173,7 @@ impl Volume {
         tx.put_inode(ino, &inode)?;
         tx.commit()?;
         self.mark_dirty();
+        self.note_fresh(ino);
         Ok(())
     }
 }
