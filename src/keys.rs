@@ -24,6 +24,7 @@ const CTX_NAME_ENC: &str = "bitcloud 2026-11 name siv stream key v1";
 const CTX_SIGNING: &str = "bitcloud 2026-11 volume ed25519 seed v1";
 const CTX_VOLUME_ID: &str = "bitcloud 2026-11 volume id v1";
 const CTX_JOURNAL: &str = "bitcloud 2026-12 fsync journal key v1";
+const CTX_PLACEMENT: &str = "bitcloud 2026-12 shard placement key v1";
 
 /// Errors reading or writing the identity file.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub struct VolumeKeys {
     pub volume_id: [u8; 32],
     /// Key of the fsync journal's frames (ChaCha20-Poly1305).
     pub journal: Zeroizing<[u8; 32]>,
+    /// Keys where a block's shards go (`node::placement`): nobody without it can tell
+    /// which peers hold a given volume's shards from the block ids.
+    pub placement: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for VolumeKeys {
@@ -81,6 +85,7 @@ impl VolumeKeys {
             name_enc: Zeroizing::new(blake3::derive_key(CTX_NAME_ENC, material)),
             signing_seed: Zeroizing::new(blake3::derive_key(CTX_SIGNING, material)),
             journal: Zeroizing::new(blake3::derive_key(CTX_JOURNAL, material)),
+            placement: Zeroizing::new(blake3::derive_key(CTX_PLACEMENT, material)),
             volume_id,
             recipient,
             identity,

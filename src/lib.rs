@@ -7,6 +7,8 @@
 //! - [`fuse`]: the fuser adapter; translation and errno replies only.
 //! - [`volume`]: POSIX semantics over the metadata store and the block pipeline.
 //! - [`meta`]: the redb metadata database (tables, versioned encodings, refcounts, gc epochs).
+//! - [`pool`]: the owner side of the nodepool: uploads, pool reads, releases, the cache.
+//! - [`node`]: the libp2p node: shard protocol, shard store, peers, placement ranking.
 //! - [`store`]: sealed blocks as atomic, content-addressed local files.
 //! - [`pipeline`]: pure block transforms: block id, age sealing, Reed-Solomon shards.
 //! - [`names`]: deterministic authenticated encryption of names stored in metadata.
@@ -23,7 +25,9 @@ pub mod ids;
 pub mod keys;
 pub mod meta;
 pub mod names;
+pub mod node;
 pub mod pipeline;
+pub mod pool;
 pub mod store;
 pub mod units;
 pub mod volume;

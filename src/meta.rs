@@ -69,6 +69,7 @@ pub type Result<T> = std::result::Result<T, MetaError>;
 
 mod keys;
 mod migrate;
+pub mod placement;
 mod prealloc;
 mod reader;
 mod scan;
@@ -80,6 +81,9 @@ pub use scan::TableSizes;
 pub struct Superblock {
     pub format: u64,
     pub block_size: u32,
+    /// The erasure scheme chosen at `init` (data, parity shards); `None` for volumes made
+    /// before the pool (the default applies).
+    pub shards: Option<(u8, u8)>,
 }
 
 /// Inode numbers handed out per superblock update: creating a file then changes one table
@@ -120,6 +124,8 @@ impl MetaStore {
             db!(sb.insert("format", FORMAT_VERSION));
             db!(sb.insert("block_size", block_size as u64));
             db!(sb.insert("next_ino", InodeNo::ROOT.0 + 1));
+            // Every block of a new volume enters the upload queue as it is recorded.
+            db!(sb.insert("upload_queue", 1));
         }
         let now = codec::Timestamp::now();
         tx.put_inode(
@@ -186,10 +192,29 @@ impl MetaStore {
                 .map(|g| g.value())
                 .ok_or(MetaError::NotInitialised)
         };
+        let opt = |k: &str| -> Result<Option<u64>> { Ok(db!(sb.get(k)).map(|g| g.value())) };
+        let shards = match (opt("shards_data")?, opt("shards_parity")?) {
+            (Some(d), Some(p)) => Some((d as u8, p as u8)),
+            _ => None,
+        };
         Ok(Superblock {
             format: get("format")?,
             block_size: get("block_size")? as u32,
+            shards,
         })
+    }
+
+    /// Records the volume's erasure scheme (at `init`).
+    pub fn set_shards(&self, data: u8, parity: u8) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut sb = db!(tx.txn.open_table(SUPERBLOCK));
+            db!(sb.insert("shards_data", data as u64));
+            db!(sb.insert("shards_parity", parity as u64));
+        }
+        tx.commit()?;
+        self.commit_durable()?;
+        Ok(())
     }
 
     /// Starts a read transaction (a consistent snapshot).
@@ -471,6 +496,17 @@ impl WriteTx {
             None => {
                 // Re-referenced before collection: it leaves the gc queue.
                 db!(blocks.remove(&keys::block(keys::GC, id)[..]));
+                // New (or re-referenced and not fully placed): the uploader takes it.
+                let placed = match db!(blocks.get(&keys::block(keys::PLACEMENT, id)[..])) {
+                    Some(v) => placement::Placement::decode(v.value())?.is_full(),
+                    None => false,
+                };
+                if !placed {
+                    db!(blocks.insert(
+                        &keys::block(keys::UPLOAD, id)[..],
+                        &placement::queued_now()[..]
+                    ));
+                }
                 BlockRecord {
                     refcount: 1,
                     ..record
@@ -505,13 +541,21 @@ impl WriteTx {
 
     /// Forgets collected blocks (their files are gone).
     pub fn remove_gc(&mut self, ids: &[BlockId]) -> Result<()> {
-        let mut blocks = db!(self.txn.open_table(BLOCKS));
-        for id in ids {
-            db!(blocks.remove(&keys::block(keys::GC, id)[..]));
-            // Re-referenced since it was chosen for collection: its inline bytes are live.
-            if db!(blocks.get(&keys::block(keys::RECORD, id)[..])).is_none() {
-                db!(blocks.remove(&keys::block(keys::INLINE, id)[..]));
+        let mut dead = Vec::new();
+        {
+            let mut blocks = db!(self.txn.open_table(BLOCKS));
+            for id in ids {
+                db!(blocks.remove(&keys::block(keys::GC, id)[..]));
+                // Re-referenced since it was chosen for collection: its inline bytes are live.
+                if db!(blocks.get(&keys::block(keys::RECORD, id)[..])).is_none() {
+                    db!(blocks.remove(&keys::block(keys::INLINE, id)[..]));
+                    dead.push(*id);
+                }
             }
+        }
+        // Its shards in the pool are released too.
+        for id in dead {
+            self.retire_placement(&id)?;
         }
         Ok(())
     }

@@ -9,6 +9,10 @@
 //! a durable reference never points at a block that was not on disk.
 //!
 //! The store does not verify contents: that is the pipeline's `open`, which every read passes.
+//!
+//! With a pool, the local files are also a cache: the store keeps an index of its files
+//! (size and last use, rebuilt from the directory at open) so that the volume can evict the
+//! least recently used ones the pool holds in full, and put back what it fetches.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -55,6 +59,39 @@ pub struct BlockStore {
     /// Bytes of block files written and not yet fsynced (what a checkpoint still has to do).
     unsynced_bytes: AtomicU64,
     tmp_counter: AtomicU64,
+    index: Mutex<LocalIndex>,
+}
+
+/// The files of the store: size and a use counter (higher: used more recently).
+#[derive(Debug, Default)]
+struct LocalIndex {
+    files: std::collections::HashMap<BlockId, (u64, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl LocalIndex {
+    fn insert(&mut self, id: BlockId, len: u64) {
+        self.tick += 1;
+        if let Some(old) = self.files.insert(id, (len, self.tick)) {
+            self.bytes -= old.0;
+        }
+        self.bytes += len;
+    }
+
+    fn touch(&mut self, id: &BlockId) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(e) = self.files.get_mut(id) {
+            e.1 = tick;
+        }
+    }
+
+    fn remove(&mut self, id: &BlockId) {
+        if let Some((len, _)) = self.files.remove(id) {
+            self.bytes -= len;
+        }
+    }
 }
 
 impl BlockStore {
@@ -66,12 +103,30 @@ impl BlockStore {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(BlockStore {
+        let store = BlockStore {
             root: root.to_path_buf(),
             pending_sync: Mutex::new(Vec::new()),
             unsynced_bytes: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
-        })
+            index: Mutex::new(LocalIndex::default()),
+        };
+        // Oldest files first, so the first evictions take what was used longest ago.
+        let mut found: Vec<(std::time::SystemTime, BlockId, u64)> = store
+            .list()?
+            .into_iter()
+            .filter_map(|id| {
+                let m = fs::metadata(store.path_of(&id)).ok()?;
+                Some((m.modified().ok()?, id, m.len()))
+            })
+            .collect();
+        found.sort();
+        {
+            let mut ix = store.index.lock();
+            for (_, id, len) in found {
+                ix.insert(id, len);
+            }
+        }
+        Ok(store)
     }
 
     /// Where block `id` lives.
@@ -82,7 +137,7 @@ impl BlockStore {
 
     /// Whether block `id` has a file.
     pub fn contains(&self, id: &BlockId) -> bool {
-        self.path_of(id).exists()
+        self.index.lock().files.contains_key(id)
     }
 
     /// Stores a sealed block atomically, never replacing an existing file (two sealers of
@@ -110,6 +165,7 @@ impl BlockStore {
                 self.unsynced_bytes
                     .fetch_add(sealed.len() as u64, Ordering::Relaxed);
                 self.pending_sync.lock().push((path, sealed.len() as u64));
+                self.index.lock().insert(*id, sealed.len() as u64);
                 Ok(crate::pipeline::seal::header_hash(sealed))
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => self.header_hash_of(&path),
@@ -127,8 +183,43 @@ impl BlockStore {
         Ok(crate::pipeline::seal::header_hash(&head))
     }
 
+    /// Keeps a copy of a block fetched from the pool. Not synced: the pool holds it, and a
+    /// copy damaged by a crash fails verification and is fetched again.
+    pub fn put_cached(&self, id: &BlockId, sealed: &[u8]) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        let dir = path.parent().expect("block paths have a fan-out directory");
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}.{n}", id.short(), std::process::id()));
+        let _guard = DeleteOnDrop(Some(tmp.clone()));
+        write_new_file(&tmp, sealed).map_err(|e| io_err(&tmp, e))?;
+        // Replaces a damaged copy (rename is atomic: readers see the old or the new file).
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        self.index.lock().insert(*id, sealed.len() as u64);
+        Ok(())
+    }
+
+    /// Local block files, least recently used first, with their sizes.
+    pub fn by_last_use(&self) -> Vec<(BlockId, u64)> {
+        let ix = self.index.lock();
+        let mut v: Vec<(u64, BlockId, u64)> = ix
+            .files
+            .iter()
+            .map(|(id, (len, t))| (*t, *id, *len))
+            .collect();
+        drop(ix);
+        v.sort_unstable();
+        v.into_iter().map(|(_, id, len)| (id, len)).collect()
+    }
+
     /// Opens a sealed block for reading a range of it.
     pub fn open_file(&self, id: &BlockId) -> Result<fs::File, StoreError> {
+        self.index.lock().touch(id);
         let path = self.path_of(id);
         fs::File::open(&path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => StoreError::Missing(*id),
@@ -138,6 +229,7 @@ impl BlockStore {
 
     /// Reads a sealed block (unverified: pass it through `pipeline::seal::open`).
     pub fn get(&self, id: &BlockId) -> Result<Vec<u8>, StoreError> {
+        self.index.lock().touch(id);
         let path = self.path_of(id);
         fs::read(&path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => StoreError::Missing(*id),
@@ -148,6 +240,7 @@ impl BlockStore {
     /// Deletes a block file; a missing file is not an error.
     pub fn delete(&self, id: &BlockId) -> Result<(), StoreError> {
         let path = self.path_of(id);
+        self.index.lock().remove(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -252,14 +345,14 @@ impl BlockStore {
         Ok(out)
     }
 
-    /// Bytes used by block files on disk.
+    /// Bytes of block files on disk.
     pub fn disk_bytes(&self) -> u64 {
-        self.list()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|id| fs::metadata(self.path_of(id)).ok())
-            .map(|m| m.len())
-            .sum()
+        self.index.lock().bytes
+    }
+
+    /// Number of block files on disk.
+    pub fn file_count(&self) -> u64 {
+        self.index.lock().files.len() as u64
     }
 }
 

@@ -27,6 +27,7 @@ mod journal;
 mod namespace;
 mod prealloc;
 mod read;
+pub mod remote;
 mod sealer;
 mod xattr;
 
@@ -154,6 +155,8 @@ pub struct Volume {
     /// Seals hold it shared while they write; one that fills a reserved slot on a full disk
     /// holds it alone while it frees that slot's space and uses it.
     space: parking_lot::RwLock<()>,
+    /// The pool: scheme, cache limit, the installed `Remote` (see `remote`).
+    remote: remote::RemoteState,
     /// This volume, for work handed to background threads.
     me: std::sync::Weak<Volume>,
 }
@@ -174,23 +177,39 @@ pub struct Recovery {
     pub orphans_removed: u64,
     pub stray_blocks_removed: u64,
     pub blocks_collected: u64,
+    /// Blocks put in the pool's upload queue because the volume predates it.
+    pub blocks_queued_for_upload: u64,
 }
 
 impl Volume {
     /// Creates the metadata database and block store of a new volume in `data_dir`.
     pub fn create(data_dir: &Path, block_size: u32, owner: Caller) -> Result<()> {
+        Self::create_with_shards(data_dir, block_size, owner, None)
+    }
+
+    /// [`create`](Self::create), recording the erasure scheme (data, parity) its blocks get
+    /// in the pool (`None`: [`remote::DEFAULT_SCHEME`]).
+    pub fn create_with_shards(
+        data_dir: &Path,
+        block_size: u32,
+        owner: Caller,
+        shards: Option<(u8, u8)>,
+    ) -> Result<()> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             VolumeError::Store(crate::store::StoreError::Io {
                 path: data_dir.into(),
                 source: e,
             })
         })?;
-        MetaStore::create(
+        let meta = MetaStore::create(
             &data_dir.join("meta.redb"),
             block_size,
             owner.uid,
             owner.gid,
         )?;
+        let (data, parity) = shards.unwrap_or(remote::DEFAULT_SCHEME);
+        meta.set_shards(data, parity)?;
+        drop(meta);
         BlockStore::open(&data_dir.join("blocks"))?;
         Ok(())
     }
@@ -204,7 +223,9 @@ impl Volume {
         seal_threads: usize,
     ) -> Result<(Arc<Volume>, Recovery)> {
         let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
-        let block_size = meta.superblock()?.block_size as u64;
+        let superblock = meta.superblock()?;
+        let block_size = superblock.block_size as u64;
+        let scheme = superblock.shards.unwrap_or(remote::DEFAULT_SCHEME);
         let store = BlockStore::open(&data_dir.join("blocks"))?;
         let names = NameCipher::new(*keys.name_mac, *keys.name_enc);
         let headers = headers::HeaderPool::start(keys.recipient.clone());
@@ -242,6 +263,7 @@ impl Volume {
             undurable: Mutex::new(fastsync::Undurable::default()),
             reservation: prealloc::Reservation::new(data_dir, block_size),
             space: parking_lot::RwLock::new(()),
+            remote: remote::RemoteState::new(scheme),
             me: weak.clone(),
         });
         // Before anything sweeps block files: journal records may name files the durable
@@ -249,6 +271,7 @@ impl Volume {
         let replayed = volume.replay_journal()?;
         let mut recovery = volume.recover()?;
         recovery.journal_records = replayed as u64;
+        recovery.blocks_queued_for_upload = volume.enqueue_unplaced()?;
         Ok((volume, recovery))
     }
 

@@ -30,6 +30,8 @@ pub fn errno_of(e: &VolumeError) -> Errno {
         VolumeError::Store(_) => Errno::EIO,
         VolumeError::Seal(_) => Errno::EIO,
         VolumeError::ShuttingDown => Errno::EIO,
+        VolumeError::Unavailable { .. } => Errno::EIO,
+        VolumeError::PoolTimeout { .. } => Errno::EIO,
     }
 }
 
@@ -91,6 +93,8 @@ pub(super) fn fail(op: &str, ino: u64, e: &VolumeError) -> Errno {
         | VolumeError::Meta(_)
         | VolumeError::Store(_)
         | VolumeError::Seal(_)
+        | VolumeError::Unavailable { .. }
+        | VolumeError::PoolTimeout { .. }
         | VolumeError::NoSpace => {
             tracing::error!(target: "bitcloud::fuse", op, ino, errno = errno.code(), error = %e, "request failed")
         }

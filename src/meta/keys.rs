@@ -13,7 +13,8 @@
 //! | orphan | `ff`×8 ‖ `06` ‖ ino | empty: unlinked, to be deleted |
 //!
 //! `blocks-2`: `00` ‖ id → block record; `01` ‖ id → inline sealed bytes; `02` ‖ id → gc
-//! epoch (`u64` LE).
+//! epoch (`u64` LE); `03` ‖ id → placement of its shards; `04` ‖ id → (upload queue);
+//! `05` ‖ id → placement of a collected block (release queue). See `placement`.
 //!
 //! Inode numbers stay below 2^63, so the orphan rows (under the all-ones prefix) never mix
 //! with an inode's rows.
@@ -32,6 +33,9 @@ pub const ORPHAN: u8 = 0x06;
 pub const RECORD: u8 = 0x00;
 pub const INLINE: u8 = 0x01;
 pub const GC: u8 = 0x02;
+pub const PLACEMENT: u8 = 0x03;
+pub const UPLOAD: u8 = 0x04;
+pub const RELEASE: u8 = 0x05;
 
 const ORPHANS_PREFIX: u64 = u64::MAX;
 

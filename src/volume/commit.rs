@@ -104,7 +104,14 @@ impl Volume {
         let known = {
             let tx = self.meta.read()?;
             match tx.block_record(&id)? {
-                Some(r) if tx.inline_block(&id)?.is_some() || self.store.contains(&id) => Some(r),
+                // Its bytes are here, or the pool holds them whole (evicted from the cache).
+                Some(r)
+                    if tx.inline_block(&id)?.is_some()
+                        || self.store.contains(&id)
+                        || tx.placement(&id)?.is_some_and(|p| p.is_full()) =>
+                {
+                    Some(r)
+                }
                 _ => None,
             }
         };

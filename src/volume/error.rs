@@ -53,6 +53,17 @@ pub enum VolumeError {
     Seal(String),
     #[error("the volume is shutting down")]
     ShuttingDown,
+    #[error(
+        "inode {ino} block {index} ({block:?}) is not on this machine and the pool could not give it: {why}"
+    )]
+    Unavailable {
+        ino: InodeNo,
+        index: u64,
+        block: BlockId,
+        why: String,
+    },
+    #[error("inode {ino}: {blocks} blocks not placed in the pool in time")]
+    PoolTimeout { ino: InodeNo, blocks: usize },
 }
 
 impl From<MetaError> for VolumeError {

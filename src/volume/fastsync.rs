@@ -108,6 +108,11 @@ impl Volume {
         if let Some(e) = open.and_then(|f| f.lock().error.take()) {
             return Err(e);
         }
+        if let Some((min, timeout)) = self.sync_remote() {
+            // The pool must hold the file's blocks: seal and commit them, then wait.
+            self.fsync_full(ino)?;
+            return self.wait_placed(ino, min, timeout);
+        }
         if self.undurable.lock().fresh.contains_key(&ino) {
             return self.fsync_full(ino);
         }

@@ -450,8 +450,29 @@ fn check_block(
         .read()
         .and_then(|tx| tx.inline_block(id))
         .map_err(|e| damaged(format!("reading the inline table: {e}")))?;
+    let in_pool = || {
+        vol.meta
+            .read()
+            .and_then(|tx| tx.placement(id))
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.is_full())
+    };
     let sealed = match inline {
         Some(bytes) => bytes,
+        // Evicted from the local cache: the pool holds it. Checked through the pool when
+        // one is attached and data is verified; offline, only its placement is known.
+        None if !vol.store.contains(id) && in_pool() => {
+            if !verify_data || !vol.has_remote() {
+                return Ok(());
+            }
+            vol.fetch_remote(id, r).map_err(|e| {
+                (
+                    ProblemKind::MissingBlock,
+                    format!("not on this machine, and the pool could not give it: {e}"),
+                )
+            })?
+        }
         None if !verify_data => {
             let path = vol.store.path_of(id);
             return match std::fs::metadata(&path) {

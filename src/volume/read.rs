@@ -138,6 +138,9 @@ impl Volume {
         let Some(header) = record.header_hash else {
             return Ok(None);
         };
+        if !self.store.contains(&id) {
+            return Ok(None); // in the pool only: fetched whole by `load_block`
+        }
         // A block may be shorter than the block size (written only up to some point, with
         // the file extended past it later): the rest of it reads as zeros, which the caller's
         // buffer already holds.
@@ -174,23 +177,59 @@ impl Volume {
         Ok(Some(bytes))
     }
 
-    /// Loads, decrypts and verifies a stored block (through the cache).
+    /// Loads, decrypts and verifies a stored block (through the cache). A block that is not
+    /// on this machine, or whose local copy fails verification, comes from the pool.
     pub(super) fn load_block(&self, ino: InodeNo, index: u64, id: BlockId) -> Result<Arc<Vec<u8>>> {
+        let mut remote_tried = false;
         self.cache
             .get_or_load(id, || {
-                let inline = self.meta.read().and_then(|tx| tx.inline_block(&id));
-                let sealed = match inline.map_err(|e| e.to_string())? {
-                    Some(bytes) => bytes,
-                    None => self.store.get(&id).map_err(|e| e.to_string())?,
+                let tx = self.meta.read().map_err(|e| e.to_string())?;
+                let inline = tx.inline_block(&id).map_err(|e| e.to_string())?;
+                let open = |sealed: &[u8]| {
+                    seal::open(&self.keys.identity, &self.keys.dedup, id, sealed)
+                        .map_err(|e| e.to_string())
                 };
-                seal::open(&self.keys.identity, &self.keys.dedup, id, &sealed)
-                    .map_err(|e| e.to_string())
+                if let Some(bytes) = inline {
+                    return open(&bytes);
+                }
+                let record = tx.block_record(&id).map_err(|e| e.to_string())?;
+                drop(tx);
+                let local = match self.store.get(&id) {
+                    Ok(bytes) => Some(bytes),
+                    Err(crate::store::StoreError::Missing(_)) => None,
+                    Err(e) => return Err(e.to_string()),
+                };
+                let local_error = match local.as_deref().map(open) {
+                    Some(Ok(plain)) => return Ok(plain),
+                    Some(Err(e)) => Some(e),
+                    None => None,
+                };
+                let Some(record) = record.filter(|_| self.has_remote()) else {
+                    return Err(local_error.unwrap_or_else(|| "the block file is missing".into()));
+                };
+                if let Some(e) = &local_error {
+                    tracing::error!(target: "bitcloud::volume", block = %id.short(), error = %e, "the local copy of a block is damaged; fetching it from the pool");
+                }
+                remote_tried = true;
+                let sealed = self.fetch_remote(&id, &record)?;
+                open(&sealed)
             })
-            .map_err(|why| VolumeError::Corrupt {
-                ino,
-                index,
-                block: id,
-                why,
+            .map_err(|why| {
+                if remote_tried {
+                    VolumeError::Unavailable {
+                        ino,
+                        index,
+                        block: id,
+                        why,
+                    }
+                } else {
+                    VolumeError::Corrupt {
+                        ino,
+                        index,
+                        block: id,
+                        why,
+                    }
+                }
             })
     }
 

@@ -14,7 +14,9 @@ pub const XATTR_VALUE_MAX: usize = 65536;
 pub const XATTR_NAME_MAX: usize = 255;
 
 /// A read-only virtual attribute telling where a file's data stands: `writing` (buffered in
-/// memory, not yet sealed), `local` (sealed on this machine only: no peers are configured).
+/// memory, not yet sealed), `local` (sealed on this machine only), `uploading` (waiting for
+/// the pool), `degraded` (in the pool, readable, short of full redundancy), `redundant`
+/// (every shard placed). See `remote::FileState`.
 /// Not listed by listxattr, so copying tools do not try to copy it.
 pub const STATE_XATTR: &[u8] = b"user.bitcloud.state";
 
@@ -117,17 +119,7 @@ impl Volume {
     pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
         if name == STATE_XATTR {
             self.getattr(ino)?;
-            let writing = self
-                .files
-                .lock()
-                .get(&ino)
-                .cloned()
-                .is_some_and(|f| f.is_dirty());
-            return Ok(if writing {
-                b"writing".to_vec()
-            } else {
-                b"local".to_vec()
-            });
+            return Ok(self.file_state(ino)?.as_str().as_bytes().to_vec());
         }
         if name.starts_with(b"system.") {
             return Err(VolumeError::NoXattr);

@@ -1,0 +1,372 @@
+//! Where a block's shards are in the pool, and the two queues the pool drains.
+//!
+//! `blocks-2` rows (see `keys`):
+//! - `03 ‖ id` → [`Placement`]: the erasure scheme, the shard length, and for each shard its
+//!   id and the peer holding it (opaque bytes: a libp2p peer id; this layer never parses it).
+//! - `04 ‖ id` → when it was queued (`u64` LE, seconds since the epoch): the block is in
+//!   the *upload queue*. Written in the same transaction
+//!   that first records the block, so a committed block is never forgotten by the uploader
+//!   (after a crash too); removed once every shard is placed, or when the block is collected.
+//! - `05 ‖ id` → [`Placement`]: the *release queue*: a collected block's shards, to be
+//!   released on their holders.
+
+use redb::ReadableTable;
+
+use super::codec::DecodeError;
+use super::keys;
+use super::tables::*;
+use super::{MetaError, ReadTx, Result, WriteTx};
+use crate::ids::{BlockId, ShardId};
+
+const VERSION: u8 = 1;
+
+/// One shard of a placed block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardPlace {
+    pub id: ShardId,
+    /// The peer that stored it (its peer id bytes), if placed.
+    pub holder: Option<Vec<u8>>,
+}
+
+/// A block's shards and holders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub data: u8,
+    pub parity: u8,
+    pub shard_len: u32,
+    /// `data + parity` entries, data shards first.
+    pub shards: Vec<ShardPlace>,
+}
+
+impl Placement {
+    /// Shards placed on some peer.
+    pub fn placed(&self) -> usize {
+        self.shards.iter().filter(|s| s.holder.is_some()).count()
+    }
+
+    /// Every shard is placed (on distinct peers: the uploader never doubles up).
+    pub fn is_full(&self) -> bool {
+        self.placed() == self.shards.len()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.shards.len() * 72);
+        v.extend_from_slice(&[VERSION, self.data, self.parity]);
+        v.extend_from_slice(&self.shard_len.to_le_bytes());
+        for s in &self.shards {
+            v.extend_from_slice(&s.id.0);
+            match &s.holder {
+                Some(h) => {
+                    v.push(h.len() as u8);
+                    v.extend_from_slice(h);
+                }
+                None => v.push(0),
+            }
+        }
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> std::result::Result<Placement, DecodeError> {
+        let bad = |version| DecodeError {
+            what: "placement",
+            version,
+        };
+        let (&[v, data, parity], rest) = b.split_first_chunk::<3>().ok_or(bad(0))?;
+        if v != VERSION {
+            return Err(bad(v));
+        }
+        let (len, mut rest) = rest.split_first_chunk::<4>().ok_or(bad(v))?;
+        let n = data as usize + parity as usize;
+        if data == 0 || n == 0 {
+            return Err(bad(v));
+        }
+        let mut shards = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (id, r) = rest.split_first_chunk::<32>().ok_or(bad(v))?;
+            let (&hl, r) = r.split_first().ok_or(bad(v))?;
+            let hl = hl as usize;
+            if r.len() < hl {
+                return Err(bad(v));
+            }
+            shards.push(ShardPlace {
+                id: ShardId(*id),
+                holder: (hl > 0).then(|| r[..hl].to_vec()),
+            });
+            rest = &r[hl..];
+        }
+        if !rest.is_empty() {
+            return Err(bad(v));
+        }
+        Ok(Placement {
+            data,
+            parity,
+            shard_len: u32::from_le_bytes(*len),
+            shards,
+        })
+    }
+}
+
+/// Blocks by how well the pool holds them (see `volume::remote`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Redundancy {
+    /// Every shard placed.
+    pub full: u64,
+    /// At least `data` shards placed, not all.
+    pub degraded: u64,
+    /// Fewer than `data` shards placed, but the block is on this machine.
+    pub local_only: u64,
+    /// Fewer than `data` shards placed and not on this machine: unreadable.
+    pub lost: u64,
+}
+
+fn range(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    kind: u8,
+    after: Option<&BlockId>,
+    limit: usize,
+) -> Result<Vec<(BlockId, Vec<u8>)>> {
+    let lo = match after {
+        Some(id) => {
+            let mut k = keys::block(kind, id).to_vec();
+            k.push(0);
+            k
+        }
+        None => vec![kind],
+    };
+    let hi = [kind + 1];
+    let mut out = Vec::new();
+    for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = db!(row);
+        let id = keys::block_id_in(k.value()).ok_or_else(damaged)?;
+        out.push((id, v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// The value of an upload-queue row written now.
+pub(super) fn queued_now() -> [u8; 8] {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_le_bytes()
+}
+
+fn damaged() -> MetaError {
+    MetaError::Decode(DecodeError {
+        what: "placement key",
+        version: 0,
+    })
+}
+
+macro_rules! impl_placement_reads {
+    ($t:ty) => {
+        impl $t {
+            /// Where block `id`'s shards are, if any were placed.
+            pub fn placement(&self, id: &BlockId) -> Result<Option<Placement>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                let g = db!(t.get(&keys::block(keys::PLACEMENT, id)[..]));
+                Ok(match g {
+                    Some(v) => Some(Placement::decode(v.value())?),
+                    None => None,
+                })
+            }
+
+            /// Whether `id` waits in the upload queue.
+            pub fn is_queued(&self, id: &BlockId) -> Result<bool> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                Ok(db!(t.get(&keys::block(keys::UPLOAD, id)[..])).is_some())
+            }
+
+            /// Up to `limit` blocks of the upload queue, in id order after `after`.
+            pub fn upload_queue(
+                &self,
+                after: Option<&BlockId>,
+                limit: usize,
+            ) -> Result<Vec<BlockId>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                Ok(range(&t, keys::UPLOAD, after, limit)?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect())
+            }
+
+            /// Up to `limit` collected blocks whose shards are to be released.
+            pub fn release_queue(&self, limit: usize) -> Result<Vec<(BlockId, Placement)>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                range(&t, keys::RELEASE, None, limit)?
+                    .into_iter()
+                    .map(|(id, v)| Ok((id, Placement::decode(&v)?)))
+                    .collect()
+            }
+
+            /// Blocks in the upload queue, the sealed bytes they hold, and when the oldest
+            /// was queued (seconds since the epoch).
+            pub fn upload_totals(&self) -> Result<(u64, u64, Option<u64>)> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                let (mut n, mut bytes, mut oldest) = (0u64, 0u64, None::<u64>);
+                for (id, v) in range(&t, keys::UPLOAD, None, usize::MAX)? {
+                    n += 1;
+                    if let Ok(at) = <[u8; 8]>::try_from(&v[..]) {
+                        let at = u64::from_le_bytes(at);
+                        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                    }
+                    if let Some(v) = db!(t.get(&keys::block(keys::RECORD, &id)[..])) {
+                        bytes += super::codec::BlockRecord::decode(v.value())?.sealed_len as u64;
+                    }
+                }
+                Ok((n, bytes, oldest))
+            }
+
+            /// Every block's redundancy; `local(id)` says whether its sealed bytes are on
+            /// this machine (inline blocks always are).
+            pub fn redundancy(
+                &self,
+                mut local: impl FnMut(&BlockId) -> bool,
+            ) -> Result<Redundancy> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                let mut r = Redundancy::default();
+                let lo = [keys::RECORD];
+                let hi = [keys::RECORD + 1];
+                for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+                    let (k, _) = db!(row);
+                    let id = keys::block_id_in(k.value()).ok_or_else(damaged)?;
+                    let p = match db!(t.get(&keys::block(keys::PLACEMENT, &id)[..])) {
+                        Some(v) => Some(Placement::decode(v.value())?),
+                        None => None,
+                    };
+                    let placed = p.as_ref().map_or(0, |p| p.placed());
+                    let data = p.as_ref().map_or(usize::MAX, |p| p.data as usize);
+                    if p.as_ref().is_some_and(|p| p.is_full()) {
+                        r.full += 1;
+                    } else if placed >= data {
+                        r.degraded += 1;
+                    } else if db!(t.get(&keys::block(keys::INLINE, &id)[..])).is_some()
+                        || local(&id)
+                    {
+                        r.local_only += 1;
+                    } else {
+                        r.lost += 1;
+                    }
+                }
+                Ok(r)
+            }
+        }
+    };
+}
+
+impl_placement_reads!(ReadTx);
+impl_placement_reads!(WriteTx);
+
+impl WriteTx {
+    /// Records where `id`'s shards are. `done`: every shard is placed, the block leaves the
+    /// upload queue. If the block was freed meanwhile, its shards go to the release queue
+    /// instead. Returns whether the block is still live.
+    pub fn set_placement(&mut self, id: &BlockId, p: &Placement, done: bool) -> Result<bool> {
+        let mut t = db!(self.txn.open_table(BLOCKS));
+        let live = db!(t.get(&keys::block(keys::RECORD, id)[..])).is_some()
+            || db!(t.get(&keys::block(keys::GC, id)[..])).is_some();
+        if live {
+            db!(t.insert(&keys::block(keys::PLACEMENT, id)[..], &p.encode()[..]));
+            if done {
+                db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
+            }
+        } else {
+            db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
+            db!(t.insert(&keys::block(keys::RELEASE, id)[..], &p.encode()[..]));
+        }
+        Ok(live)
+    }
+
+    /// Puts `id` in the upload queue (a block recorded before the pool existed, or whose
+    /// shards must be placed again).
+    pub fn enqueue_upload(&mut self, id: &BlockId) -> Result<()> {
+        db!(db!(self.txn.open_table(BLOCKS))
+            .insert(&keys::block(keys::UPLOAD, id)[..], &queued_now()[..]));
+        Ok(())
+    }
+
+    /// Forgets a released block (its shards were released, or are beyond reach for good).
+    pub fn released(&mut self, id: &BlockId) -> Result<()> {
+        db!(db!(self.txn.open_table(BLOCKS)).remove(&keys::block(keys::RELEASE, id)[..]));
+        Ok(())
+    }
+
+    /// A collected block leaves the upload queue and its shards go to the release queue.
+    pub(super) fn retire_placement(&mut self, id: &BlockId) -> Result<()> {
+        let mut t = db!(self.txn.open_table(BLOCKS));
+        db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
+        let p = db!(t.remove(&keys::block(keys::PLACEMENT, id)[..])).map(|g| g.value().to_vec());
+        if let Some(p) = p {
+            db!(t.insert(&keys::block(keys::RELEASE, id)[..], &p[..]));
+        }
+        Ok(())
+    }
+
+    /// Puts every recorded block that has no complete placement in the upload queue
+    /// (volumes made before the pool): once, flagged in the superblock.
+    pub fn enqueue_unplaced_once(&mut self) -> Result<u64> {
+        {
+            let sb = db!(self.txn.open_table(SUPERBLOCK));
+            if db!(sb.get("upload_queue")).is_some() {
+                return Ok(0);
+            }
+        }
+        let mut t = db!(self.txn.open_table(BLOCKS));
+        let mut ids = Vec::new();
+        {
+            let lo = [keys::RECORD];
+            let hi = [keys::RECORD + 1];
+            for row in db!(t.range::<&[u8]>(&lo[..]..&hi[..])) {
+                let (k, _) = db!(row);
+                ids.push(keys::block_id_in(k.value()).ok_or_else(damaged)?);
+            }
+        }
+        let mut n = 0;
+        for id in ids {
+            let full = match db!(t.get(&keys::block(keys::PLACEMENT, &id)[..])) {
+                Some(v) => Placement::decode(v.value())?.is_full(),
+                None => false,
+            };
+            if !full {
+                db!(t.insert(&keys::block(keys::UPLOAD, &id)[..], &queued_now()[..]));
+                n += 1;
+            }
+        }
+        drop(t);
+        db!(db!(self.txn.open_table(SUPERBLOCK)).insert("upload_queue", 1));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_round_trips_and_rejects_junk() {
+        let p = Placement {
+            data: 3,
+            parity: 2,
+            shard_len: 1000,
+            shards: (0..5)
+                .map(|i| ShardPlace {
+                    id: ShardId([i; 32]),
+                    holder: (i % 2 == 0).then(|| vec![i; 38]),
+                })
+                .collect(),
+        };
+        let e = p.encode();
+        assert_eq!(Placement::decode(&e).unwrap(), p);
+        assert_eq!(p.placed(), 3);
+        assert!(!p.is_full());
+        for cut in 0..e.len() {
+            assert!(Placement::decode(&e[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = e.clone();
+        longer.push(0);
+        assert!(Placement::decode(&longer).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Asking another node: one shard-protocol request per stream, each bounded in time (opening
+//! the stream, every frame, and every piece of a body) and in size. Every outcome is
+//! recorded in the [`Peers`] table, so placement and reads learn which peers answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{PeerId, Stream};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::behaviour::SHARD_PROTOCOL;
+use super::peers::Peers;
+use super::protocol::{Refusal, Request, Response, has_bit};
+use super::wire::{self, WireError};
+use crate::ids::ShardId;
+
+/// Time to get a stream to a peer (dialing if needed).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests in flight to one peer from this node: below what a node serves at once per
+/// peer (`server::PER_PEER`), so a node with one owner never answers `Busy`.
+const PER_PEER: usize = 6;
+
+/// Why a request to a peer did not give what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the peer: {0}")]
+    Unreachable(String),
+    #[error("the peer did not answer in time")]
+    Timeout,
+    #[error("the peer refused: {0}")]
+    Refused(Refusal),
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the peer does not have the shard")]
+    NotFound,
+}
+
+impl ClientError {
+    /// Whether the peer itself misbehaved (as opposed to being away or busy).
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(self, ClientError::Protocol(_))
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Timeout => ClientError::Timeout,
+            WireError::Io(e) => ClientError::Unreachable(e.to_string()),
+            WireError::Frame(f) => ClientError::Protocol(f.to_string()),
+        }
+    }
+}
+
+/// A handle for making requests; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    pub(super) control: libp2p_stream::Control,
+    pub(super) peers: Arc<Peers>,
+    pub(super) slots: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
+}
+
+impl Client {
+    /// A request slot for `peer` (waits while [`PER_PEER`] are in flight).
+    async fn slot(&self, peer: PeerId) -> tokio::sync::OwnedSemaphorePermit {
+        let sem = self
+            .slots
+            .lock()
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_PEER)))
+            .clone();
+        sem.acquire_owned().await.expect("never closed")
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<Stream, ClientError> {
+        let mut control = self.control.clone();
+        match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, SHARD_PROTOCOL)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ClientError::Unreachable(e.to_string())),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Sends `req` (and `body` after it), returns the response and the stream (for a body
+    /// that follows it).
+    async fn ask(
+        &self,
+        peer: PeerId,
+        req: &Request,
+        body: Option<&[u8]>,
+    ) -> Result<(Response, Stream), ClientError> {
+        let mut s = self.open(peer).await?;
+        wire::write_all(&mut s, &req.encode()).await?;
+        if let Some(b) = body {
+            wire::write_all(&mut s, b).await?;
+        }
+        wire::close(&mut s).await?;
+        let frame = wire::read_frame(&mut s).await?;
+        let resp = Response::decode(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((resp, s))
+    }
+
+    /// Records the outcome against the peer.
+    fn note<T>(&self, peer: PeerId, r: Result<T, ClientError>) -> Result<T, ClientError> {
+        match &r {
+            Ok(_) | Err(ClientError::NotFound) | Err(ClientError::Refused(_)) => {
+                self.peers.answered(peer, true)
+            }
+            Err(e) => {
+                self.peers.answered(peer, false);
+                if e.is_misbehaviour() {
+                    self.peers.with(peer, |s| s.bad_messages += 1);
+                }
+            }
+        }
+        r
+    }
+
+    /// Stores `bytes` (whose BLAKE3 is `id`) on `peer`.
+    pub async fn put(&self, peer: PeerId, id: ShardId, bytes: &[u8]) -> Result<(), ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::Put {
+                id,
+                len: bytes.len() as u32,
+            };
+            match self.ask(peer, &req, Some(bytes)).await?.0 {
+                Response::Stored => Ok(()),
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                other => Err(ClientError::Protocol(format!("{other:?} to a put"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
+    /// Fetches shard `id` from `peer`: its bytes exactly as sent (the caller verifies them).
+    pub async fn get(&self, peer: PeerId, id: ShardId) -> Result<Vec<u8>, ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let (resp, mut s) = self.ask(peer, &Request::Get { id }, None).await?;
+            match resp {
+                Response::Shard { len } => Ok(wire::read_body(&mut s, len).await?),
+                Response::NotFound => Err(ClientError::NotFound),
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                other => Err(ClientError::Protocol(format!("{other:?} to a get"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
+    /// Which of `ids` `peer` holds for us.
+    pub async fn has(&self, peer: PeerId, ids: &[ShardId]) -> Result<Vec<bool>, ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::Has { ids: ids.to_vec() };
+            match self.ask(peer, &req, None).await?.0 {
+                Response::Have { bits } if bits.len() == ids.len().div_ceil(8) => {
+                    Ok((0..ids.len()).map(|i| has_bit(&bits, i)).collect())
+                }
+                other => Err(ClientError::Protocol(format!("{other:?} to has"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
+    /// Tells `peer` we no longer need `ids`; returns how many it dropped.
+    pub async fn release(&self, peer: PeerId, ids: &[ShardId]) -> Result<u32, ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::Release { ids: ids.to_vec() };
+            match self.ask(peer, &req, None).await?.0 {
+                Response::Released { count } => Ok(count),
+                other => Err(ClientError::Protocol(format!("{other:?} to a release"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
+    /// Asks `peer` for its space and records it.
+    pub async fn info(&self, peer: PeerId) -> Result<(u64, u64), ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            match self.ask(peer, &Request::Info, None).await?.0 {
+                Response::Info { offered, used, .. } => Ok((offered, used)),
+                other => Err(ClientError::Protocol(format!("{other:?} to info"))),
+            }
+        }
+        .await;
+        if let Ok((offered, used)) = &r {
+            self.peers.with(peer, |s| {
+                s.offered = *offered;
+                s.used = *used;
+                s.info_at = Some(std::time::Instant::now());
+            });
+        }
+        self.note(peer, r)
+    }
+}

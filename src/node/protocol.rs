@@ -1,0 +1,399 @@
+//! The shard protocol's messages, byte by byte, and their bounds. Pure: no I/O here, so the
+//! decoders can be fuzzed on arbitrary bytes.
+//!
+//! One request per stream (`/bitcloud/shard/1`): the asker writes a request frame, and for
+//! `Put` the shard's bytes after it; the node answers with one response frame, for `Get`
+//! followed by the shard's bytes. A frame is `len u32 BE ‖ version u8 ‖ kind u8 ‖ fields`;
+//! `len` counts from `version` on and may not exceed [`MAX_FRAME`]; bodies are announced in
+//! their frame and may not exceed [`MAX_SHARD`]. Anything else is a protocol error: the
+//! stream is dropped and the peer is charged for it.
+//!
+//! Kinds not yet used (audit and lease messages of the self-healing work) are reserved:
+//! an older node answers them with `Response::Unsupported`, so asking never breaks a pool.
+
+use crate::ids::ShardId;
+
+/// Version of the messages in this file.
+pub const VERSION: u8 = 1;
+/// Largest frame (request or response) without its body.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest shard a node accepts or sends.
+pub const MAX_SHARD: u32 = 16 << 20;
+/// Most shard ids in one `Has` or `Release`.
+pub const MAX_IDS: usize = 1024;
+
+/// What an owner asks of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Store this shard (its `len` bytes follow the frame) for the asker.
+    Put { id: ShardId, len: u32 },
+    /// Send this shard back.
+    Get { id: ShardId },
+    /// Which of these does the node hold for the asker?
+    Has { ids: Vec<ShardId> },
+    /// The asker no longer needs these.
+    Release { ids: Vec<ShardId> },
+    /// Space offered and used.
+    Info,
+}
+
+/// Why a node refused a `Put`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node's offer is used up.
+    OfferFull,
+    /// The node's disk is full.
+    DiskFull,
+    /// The bytes do not hash to the id.
+    BadHash,
+    /// Over [`MAX_SHARD`].
+    TooBig,
+    /// Too many requests from this peer or in total right now; try later.
+    Busy,
+}
+
+impl Refusal {
+    fn code(self) -> u8 {
+        match self {
+            Refusal::OfferFull => 1,
+            Refusal::DiskFull => 2,
+            Refusal::BadHash => 3,
+            Refusal::TooBig => 4,
+            Refusal::Busy => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Refusal> {
+        Some(match c {
+            1 => Refusal::OfferFull,
+            2 => Refusal::DiskFull,
+            3 => Refusal::BadHash,
+            4 => Refusal::TooBig,
+            5 => Refusal::Busy,
+            _ => return None,
+        })
+    }
+
+    /// Whether asking again later may work.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Refusal::Busy | Refusal::DiskFull | Refusal::OfferFull)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::OfferFull => "the node's offered space is used up",
+            Refusal::DiskFull => "the node's disk is full",
+            Refusal::BadHash => "the shard does not match its id",
+            Refusal::TooBig => "the shard is larger than a node accepts",
+            Refusal::Busy => "the node is busy",
+        })
+    }
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The shard is on the node's disk (synced) for the asker.
+    Stored,
+    Refused(Refusal),
+    /// The shard follows (`len` bytes).
+    Shard {
+        len: u32,
+    },
+    NotFound,
+    /// One bit per asked id, in order: held for the asker.
+    Have {
+        bits: Vec<u8>,
+    },
+    Released {
+        count: u32,
+    },
+    Info {
+        offered: u64,
+        used: u64,
+        used_by_asker: u64,
+    },
+    /// A kind this node does not know.
+    Unsupported,
+}
+
+/// A frame that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad shard-protocol frame: {0}")]
+pub struct FrameError(pub &'static str);
+
+const REQ_PUT: u8 = 1;
+const REQ_GET: u8 = 2;
+const REQ_HAS: u8 = 3;
+const REQ_RELEASE: u8 = 4;
+const REQ_INFO: u8 = 5;
+// 6..=15: audit and lease messages (reserved).
+
+const RSP_STORED: u8 = 1;
+const RSP_REFUSED: u8 = 2;
+const RSP_SHARD: u8 = 3;
+const RSP_NOT_FOUND: u8 = 4;
+const RSP_HAVE: u8 = 5;
+const RSP_RELEASED: u8 = 6;
+const RSP_INFO: u8 = 7;
+const RSP_UNSUPPORTED: u8 = 8;
+
+fn frame(kind: u8, fields: &[u8]) -> Vec<u8> {
+    let len = (2 + fields.len()) as u32;
+    let mut out = Vec::with_capacity(4 + len as usize);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(fields);
+    out
+}
+
+fn ids_field(ids: &[ShardId]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(2 + 32 * ids.len());
+    f.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        f.extend_from_slice(&id.0);
+    }
+    f
+}
+
+fn take_ids(b: &[u8]) -> Result<Vec<ShardId>, FrameError> {
+    let n = u16::from_be_bytes(
+        b.get(..2)
+            .ok_or(FrameError("missing id count"))?
+            .try_into()
+            .expect("2 bytes"),
+    ) as usize;
+    if n > MAX_IDS {
+        return Err(FrameError("too many ids"));
+    }
+    let rest = &b[2..];
+    if rest.len() != 32 * n {
+        return Err(FrameError("id list length"));
+    }
+    Ok(rest
+        .chunks_exact(32)
+        .map(|c| ShardId(c.try_into().expect("32 bytes")))
+        .collect())
+}
+
+fn take_id(b: &[u8]) -> Result<ShardId, FrameError> {
+    Ok(ShardId(b.try_into().map_err(|_| FrameError("shard id"))?))
+}
+
+/// The length a frame header announces, checked against [`MAX_FRAME`].
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if !(2..=MAX_FRAME).contains(&len) {
+        return Err(FrameError("frame length"));
+    }
+    Ok(len)
+}
+
+fn version_kind(b: &[u8]) -> Result<(u8, &[u8]), FrameError> {
+    match b {
+        [VERSION, kind, rest @ ..] => Ok((*kind, rest)),
+        [_, ..] => Err(FrameError("unknown version")),
+        [] => Err(FrameError("empty frame")),
+    }
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Put { id, len } => {
+                let mut f = id.0.to_vec();
+                f.extend_from_slice(&len.to_be_bytes());
+                frame(REQ_PUT, &f)
+            }
+            Request::Get { id } => frame(REQ_GET, &id.0),
+            Request::Has { ids } => frame(REQ_HAS, &ids_field(ids)),
+            Request::Release { ids } => frame(REQ_RELEASE, &ids_field(ids)),
+            Request::Info => frame(REQ_INFO, &[]),
+        }
+    }
+
+    /// Decodes a frame body (after its length). `Ok(None)`: a kind this version does not
+    /// know (answer `Unsupported`).
+    pub fn decode(b: &[u8]) -> Result<Option<Request>, FrameError> {
+        let (kind, f) = version_kind(b)?;
+        Ok(Some(match kind {
+            REQ_PUT => {
+                if f.len() != 36 {
+                    return Err(FrameError("put fields"));
+                }
+                let len = u32::from_be_bytes(f[32..].try_into().expect("4 bytes"));
+                Request::Put {
+                    id: take_id(&f[..32])?,
+                    len,
+                }
+            }
+            REQ_GET => Request::Get { id: take_id(f)? },
+            REQ_HAS => Request::Has { ids: take_ids(f)? },
+            REQ_RELEASE => Request::Release { ids: take_ids(f)? },
+            REQ_INFO if f.is_empty() => Request::Info,
+            REQ_INFO => return Err(FrameError("info fields")),
+            6..=15 => return Ok(None),
+            _ => return Err(FrameError("unknown request kind")),
+        }))
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Response::Stored => frame(RSP_STORED, &[]),
+            Response::Refused(r) => frame(RSP_REFUSED, &[r.code()]),
+            Response::Shard { len } => frame(RSP_SHARD, &len.to_be_bytes()),
+            Response::NotFound => frame(RSP_NOT_FOUND, &[]),
+            Response::Have { bits } => frame(RSP_HAVE, bits),
+            Response::Released { count } => frame(RSP_RELEASED, &count.to_be_bytes()),
+            Response::Info {
+                offered,
+                used,
+                used_by_asker,
+            } => {
+                let mut f = Vec::with_capacity(24);
+                for v in [offered, used, used_by_asker] {
+                    f.extend_from_slice(&v.to_be_bytes());
+                }
+                frame(RSP_INFO, &f)
+            }
+            Response::Unsupported => frame(RSP_UNSUPPORTED, &[]),
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Response, FrameError> {
+        let (kind, f) = version_kind(b)?;
+        let u32_of = |f: &[u8]| -> Result<u32, FrameError> {
+            Ok(u32::from_be_bytes(
+                f.try_into().map_err(|_| FrameError("u32 field"))?,
+            ))
+        };
+        Ok(match kind {
+            RSP_STORED if f.is_empty() => Response::Stored,
+            RSP_REFUSED => match f {
+                [c] => Response::Refused(Refusal::from_code(*c).ok_or(FrameError("refusal"))?),
+                _ => return Err(FrameError("refusal")),
+            },
+            RSP_SHARD => {
+                let len = u32_of(f)?;
+                if len > MAX_SHARD {
+                    return Err(FrameError("shard too large"));
+                }
+                Response::Shard { len }
+            }
+            RSP_NOT_FOUND if f.is_empty() => Response::NotFound,
+            RSP_HAVE if f.len() <= MAX_IDS / 8 => Response::Have { bits: f.to_vec() },
+            RSP_RELEASED => Response::Released { count: u32_of(f)? },
+            RSP_INFO if f.len() == 24 => {
+                let v = |i: usize| u64::from_be_bytes(f[i * 8..i * 8 + 8].try_into().expect("8"));
+                Response::Info {
+                    offered: v(0),
+                    used: v(1),
+                    used_by_asker: v(2),
+                }
+            }
+            RSP_UNSUPPORTED if f.is_empty() => Response::Unsupported,
+            _ => return Err(FrameError("unknown or malformed response")),
+        })
+    }
+}
+
+/// The bits of a `Have` answer for `n` ids.
+pub fn have_bits(held: impl Iterator<Item = bool>, n: usize) -> Vec<u8> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for (i, h) in held.enumerate() {
+        if h {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+/// Whether bit `i` of a `Have` answer is set.
+pub fn has_bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let id = ShardId([7; 32]);
+        for r in [
+            Request::Put { id, len: 12345 },
+            Request::Get { id },
+            Request::Has {
+                ids: vec![id, ShardId([1; 32])],
+            },
+            Request::Release { ids: vec![] },
+            Request::Info,
+        ] {
+            assert_eq!(Request::decode(body(&r.encode())).unwrap(), Some(r));
+        }
+        for r in [
+            Response::Stored,
+            Response::Refused(Refusal::OfferFull),
+            Response::Shard { len: 99 },
+            Response::NotFound,
+            Response::Have { bits: vec![5, 1] },
+            Response::Released { count: 3 },
+            Response::Info {
+                offered: 1,
+                used: 2,
+                used_by_asker: 3,
+            },
+            Response::Unsupported,
+        ] {
+            assert_eq!(Response::decode(body(&r.encode())).unwrap(), r);
+        }
+        let bits = have_bits([true, false, true].into_iter(), 3);
+        assert!(has_bit(&bits, 0) && !has_bit(&bits, 1) && has_bit(&bits, 2) && !has_bit(&bits, 9));
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        assert!(frame_len(1u32.to_be_bytes()).is_err());
+        let too_many = Request::Has {
+            ids: vec![ShardId([0; 32]); MAX_IDS + 1],
+        };
+        assert!(Request::decode(&too_many.encode()[4..]).is_err());
+        assert!(Response::decode(&[VERSION, RSP_SHARD, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(Request::decode(&[2, REQ_INFO]).is_err(), "unknown version");
+        assert_eq!(
+            Request::decode(&[VERSION, 9]).unwrap(),
+            None,
+            "reserved kinds"
+        );
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic a decoder, and whatever decodes encodes back to itself.
+        #[test]
+        fn decoders_take_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(Some(r)) = Request::decode(&b) {
+                prop_assert_eq!(Request::decode(&r.encode()[4..]).unwrap(), Some(r));
+            }
+            if let Ok(r) = Response::decode(&b) {
+                prop_assert_eq!(Response::decode(&r.encode()[4..]).unwrap(), r);
+            }
+            if b.len() >= 4 {
+                let _ = frame_len(b[..4].try_into().unwrap());
+            }
+        }
+    }
+}

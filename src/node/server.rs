@@ -1,0 +1,153 @@
+//! Serving the shard protocol: every inbound stream is one request, answered from the
+//! node's [`ShardStore`]. The accept loop only hands streams to tasks (libp2p-stream drops
+//! inbound streams while nobody is waiting for them), and the tasks are bounded: at most
+//! [`PER_PEER`] at once per peer and [`TOTAL`] in all; past that a request is answered
+//! `Busy` at once. A malformed request ends its stream and counts against the peer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use libp2p::futures::StreamExt;
+use libp2p::{PeerId, Stream};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::peers::Peers;
+use super::protocol::{Refusal, Request, Response, have_bits};
+use super::shard_store::{PutOutcome, ShardStore};
+use super::wire::{self, WireError};
+
+/// Requests served at once for one peer.
+const PER_PEER: usize = 8;
+/// Requests served at once in all.
+const TOTAL: usize = 64;
+
+/// Serves `incoming` streams until it ends. `store` is `None` for a node that holds
+/// nothing for others (a mount without an offer): it answers puts with `OfferFull`.
+pub(super) async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    store: Option<Arc<ShardStore>>,
+    peers: Arc<Peers>,
+) {
+    let total = Arc::new(Semaphore::new(TOTAL));
+    let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let sem = per_peer
+            .lock()
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_PEER)))
+            .clone();
+        let (permit_peer, permit_total) =
+            match (sem.try_acquire_owned(), total.clone().try_acquire_owned()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => {
+                    // Over the bounds: answer Busy without reading on (in its own task, so the
+                    // accept loop never waits on a peer).
+                    peers.answered(peer, false);
+                    tokio::spawn(async move {
+                        let _ = wire::write_all(
+                            &mut stream,
+                            &Response::Refused(Refusal::Busy).encode(),
+                        )
+                        .await;
+                        let _ = wire::close(&mut stream).await;
+                    });
+                    continue;
+                }
+            };
+        let (store, peers) = (store.clone(), peers.clone());
+        tokio::spawn(async move {
+            let _permits = (permit_peer, permit_total);
+            if let Err(e) = handle(peer, &mut stream, store).await {
+                tracing::debug!(target: "bitcloud::node", %peer, error = %e, "shard request failed");
+                if matches!(e, WireError::Frame(_)) {
+                    peers.with(peer, |s| s.bad_messages += 1);
+                }
+            }
+        });
+    }
+}
+
+async fn handle(
+    peer: PeerId,
+    stream: &mut Stream,
+    store: Option<Arc<ShardStore>>,
+) -> Result<(), WireError> {
+    let frame = wire::read_frame(stream).await?;
+    let Some(request) = Request::decode(&frame)? else {
+        wire::write_all(stream, &Response::Unsupported.encode()).await?;
+        return wire::close(stream).await;
+    };
+    let owner = peer.to_bytes();
+    let blocking = |f: Box<dyn FnOnce() -> Response + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or(Response::Refused(Refusal::Busy))
+    };
+    let response = match (request, store) {
+        (Request::Put { len, .. }, _) if len > super::protocol::MAX_SHARD => {
+            Response::Refused(Refusal::TooBig)
+        }
+        (Request::Put { .. }, None) => Response::Refused(Refusal::OfferFull),
+        (Request::Put { id, len }, Some(store)) => {
+            // Refuse before reading the body when it cannot fit.
+            if store.used() + u64::from(len) > store.offered() {
+                Response::Refused(Refusal::OfferFull)
+            } else {
+                let body = wire::read_body(stream, len).await?;
+                blocking(Box::new(move || match store.put(&owner, &id, &body) {
+                    Ok(PutOutcome::Stored) => Response::Stored,
+                    Ok(PutOutcome::Refused(r)) => Response::Refused(r),
+                    Err(e) => {
+                        tracing::error!(target: "bitcloud::node", error = %e, "storing a shard failed");
+                        Response::Refused(Refusal::DiskFull)
+                    }
+                }))
+                .await
+            }
+        }
+        (Request::Get { .. }, None) => Response::NotFound,
+        (Request::Get { id }, Some(store)) => {
+            let got = tokio::task::spawn_blocking(move || store.get(&id)).await;
+            match got {
+                Ok(Ok(Some(bytes))) => {
+                    wire::write_all(stream, &Response::Shard { len: bytes.len() as u32 }.encode())
+                        .await?;
+                    wire::write_all(stream, &bytes).await?;
+                    return wire::close(stream).await;
+                }
+                Ok(Ok(None)) => Response::NotFound,
+                Ok(Err(e)) => {
+                    tracing::error!(target: "bitcloud::node", error = %e, "reading a shard failed");
+                    Response::NotFound
+                }
+                Err(_) => Response::Refused(Refusal::Busy),
+            }
+        }
+        (Request::Has { ids }, store) => {
+            let n = ids.len();
+            let held = store.map(|s| s.has(&owner, &ids)).unwrap_or_else(|| vec![false; n]);
+            Response::Have {
+                bits: have_bits(held.into_iter(), n),
+            }
+        }
+        (Request::Release { .. }, None) => Response::Released { count: 0 },
+        (Request::Release { ids }, Some(store)) => {
+            blocking(Box::new(move || match store.release(&owner, &ids) {
+                Ok(count) => Response::Released { count },
+                Err(e) => {
+                    tracing::error!(target: "bitcloud::node", error = %e, "releasing shards failed");
+                    Response::Released { count: 0 }
+                }
+            }))
+            .await
+        }
+        (Request::Info, store) => Response::Info {
+            offered: store.as_ref().map_or(0, |s| s.offered()),
+            used: store.as_ref().map_or(0, |s| s.used()),
+            used_by_asker: store.as_ref().map_or(0, |s| s.used_by(&owner)),
+        },
+    };
+    wire::write_all(stream, &response.encode()).await?;
+    wire::close(stream).await
+}

@@ -1,0 +1,145 @@
+//! In-process tests of the node: real swarms on loopback TCP, talking the shard protocol.
+
+use std::time::Duration;
+
+use super::*;
+use crate::node::protocol::Refusal;
+use crate::pipeline::erasure::shard_id;
+
+async fn node(dir: &std::path::Path, name: &str, offer: Option<u64>) -> Node {
+    Node::start(NodeConfig {
+        key_file: dir.join(format!("{name}.key")),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![],
+        mdns: false,
+        store: offer.map(|o| (dir.join(format!("{name}-shards")), o)),
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `h` knows `peer` as a pool peer with its space.
+async fn until_pool_peer(h: &NodeHandle, peer: PeerId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if h.pool_peers()
+            .iter()
+            .any(|(p, s)| *p == peer && s.info_at.is_some())
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer never became a pool peer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_are_stored_served_and_released_only_by_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = node(dir.path(), "store", Some(10_000)).await;
+    let alice = node(dir.path(), "alice", None).await;
+    let mallory = node(dir.path(), "mallory", None).await;
+    let (s, a, m) = (store.handle(), alice.handle(), mallory.handle());
+    let addr = s
+        .listen_addrs()
+        .into_iter()
+        .next()
+        .expect("a listen address");
+    assert!(
+        addr.to_string().ends_with(&format!("/p2p/{}", s.id)),
+        "{addr}"
+    );
+    assert_eq!(a.dial(addr.clone()).await.unwrap(), s.id);
+    m.dial(addr).await.unwrap();
+    until_pool_peer(&a, s.id).await;
+    let info = a.peers.get(&s.id).unwrap();
+    assert_eq!((info.offered, info.used), (10_000, 0));
+
+    let bytes = vec![7u8; 4000];
+    let id = shard_id(&bytes);
+    a.client.put(s.id, id, &bytes).await.unwrap();
+    assert_eq!(a.client.get(s.id, id).await.unwrap(), bytes);
+    // Anyone may read a shard (it is ciphertext), only its owner knows it holds it...
+    assert_eq!(m.client.get(s.id, id).await.unwrap(), bytes);
+    assert_eq!(a.client.has(s.id, &[id]).await.unwrap(), vec![true]);
+    assert_eq!(m.client.has(s.id, &[id]).await.unwrap(), vec![false]);
+    // ... and only its owner may release it.
+    assert_eq!(m.client.release(s.id, &[id]).await.unwrap(), 0);
+    assert!(a.client.get(s.id, id).await.is_ok());
+
+    // Bytes that do not hash to the id are refused, as is more than the offer.
+    let wrong = a.client.put(s.id, shard_id(b"other"), &bytes).await;
+    assert!(
+        matches!(wrong, Err(ClientError::Refused(Refusal::BadHash))),
+        "{wrong:?}"
+    );
+    let big = vec![1u8; 7000];
+    let over = a.client.put(s.id, shard_id(&big), &big).await;
+    assert!(
+        matches!(over, Err(ClientError::Refused(Refusal::OfferFull))),
+        "{over:?}"
+    );
+    assert_eq!(
+        s.store.as_ref().unwrap().used(),
+        4000,
+        "a refused put stores nothing"
+    );
+
+    assert_eq!(a.client.release(s.id, &[id]).await.unwrap(), 1);
+    assert!(matches!(
+        a.client.get(s.id, id).await,
+        Err(ClientError::NotFound)
+    ));
+    assert_eq!(s.store.as_ref().unwrap().used(), 0);
+    // A node without a store refuses to hold anything.
+    let none = s.client.put(a.id, id, &bytes).await;
+    assert!(
+        matches!(none, Err(ClientError::Refused(Refusal::OfferFull))),
+        "{none:?}"
+    );
+    for n in [store, alice, mallory] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_shard_protocol_is_dropped_and_counted() {
+    use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = node(dir.path(), "store", Some(1 << 20)).await;
+    let evil = node(dir.path(), "evil", None).await;
+    let (s, e) = (store.handle(), evil.handle());
+    e.dial(s.listen_addrs()[0].clone()).await.unwrap();
+    for junk in [
+        vec![0xff, 0xff, 0xff, 0xff], // frame length far over the bound
+        vec![0, 0, 0, 3, 9, 1, 0],    // unknown version
+        vec![0, 0, 0, 2, protocol::VERSION, 99], // unknown kind
+    ] {
+        let mut control = e.client.control.clone();
+        let mut st = control
+            .open_stream(s.id, behaviour::SHARD_PROTOCOL)
+            .await
+            .unwrap();
+        st.write_all(&junk).await.unwrap();
+        let _ = st.close().await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), st.read_to_end(&mut out)).await;
+        assert!(out.len() <= 64, "no large answer to junk");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.peers.get(&e.id).map_or(0, |p| p.bad_messages) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bad messages not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The node still serves.
+    let bytes = vec![3u8; 100];
+    e.client.put(s.id, shard_id(&bytes), &bytes).await.unwrap();
+    store.stop().await;
+    evil.stop().await;
+}

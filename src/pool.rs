@@ -1,0 +1,168 @@
+//! The owner's side of the nodepool, in a mount: it connects the [`Volume`] (which knows
+//! blocks, queues and placements, but no network) with the embedded [`node`](crate::node)
+//! (which knows peers and streams, but no volume).
+//!
+//! - [`upload`]: drains the volume's durable upload queue: erasure-codes each sealed block,
+//!   places its shards on distinct peers (weighted rendezvous, one per host), records the
+//!   holders; retries with backoff, resumes after any restart.
+//! - [`fetch`]: a block not on this machine: shards from their holders in parallel, data
+//!   shards first, each verified, a slow peer hedged, decoded from the first `k` good ones,
+//!   within `pool.read_timeout`.
+//! - [`release`]: shards of collected blocks are released on their holders.
+//! - the cache keeper: evicts fully placed blocks beyond `cache.size`.
+//!
+//! Everything runs on the node's tokio runtime; the volume calls in through
+//! [`Remote`](crate::volume::remote::Remote), from its own threads.
+
+pub mod fetch;
+pub mod release;
+pub mod upload;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::ids::BlockId;
+use crate::meta::placement::Placement;
+use crate::node::NodeHandle;
+use crate::volume::Volume;
+use crate::volume::remote::Remote;
+
+/// Settings of the pool side of a mount.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// A read from the pool gives up (EIO) after this long.
+    pub read_timeout: Duration,
+    /// Blocks uploaded at once.
+    pub uploads_in_flight: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            read_timeout: Duration::from_secs(5),
+            uploads_in_flight: 8,
+        }
+    }
+}
+
+/// Shared by the pool's tasks.
+pub(crate) struct Shared {
+    pub volume: Weak<Volume>,
+    pub node: NodeHandle,
+    pub config: PoolConfig,
+    pub placement_key: [u8; 32],
+    /// New blocks are queued (or a peer appeared): the uploader looks at once.
+    pub kick: Notify,
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// The rendezvous key of a block: only this volume's owner can compute it.
+    pub fn rendezvous_key(&self, id: &BlockId) -> [u8; 32] {
+        *blake3::keyed_hash(&self.placement_key, &id.0).as_bytes()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The running pool side of a mount.
+pub struct Pool {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Starts the uploader, the releaser and the cache keeper on `rt`, and attaches the
+    /// pool to the volume (reads of blocks not here go through it from now on).
+    pub fn start(
+        volume: &Arc<Volume>,
+        node: NodeHandle,
+        rt: tokio::runtime::Handle,
+        config: PoolConfig,
+    ) -> Arc<Pool> {
+        let shared = Arc::new(Shared {
+            volume: Arc::downgrade(volume),
+            node,
+            config,
+            placement_key: volume.placement_key(),
+            kick: Notify::new(),
+            stopping: Default::default(),
+        });
+        let tasks = vec![
+            rt.spawn(upload::run(shared.clone())),
+            rt.spawn(release::run(shared.clone())),
+            rt.spawn(keep_cache(shared.clone())),
+        ];
+        let pool = Arc::new(Pool {
+            shared,
+            rt,
+            tasks: parking_lot::Mutex::new(tasks),
+        });
+        volume.set_remote(pool.clone());
+        pool
+    }
+
+    /// Stops the background tasks (what is queued stays queued for the next mount).
+    pub fn stop(&self) {
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.kick.notify_waiters();
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Remote for Pool {
+    fn fetch(
+        &self,
+        id: &BlockId,
+        placement: &Placement,
+        sealed_len: u32,
+    ) -> Result<Vec<u8>, String> {
+        // Run on the node's runtime and wait here: callers are volume threads (FUSE,
+        // prefetch, fsck), which may be inside another runtime's blocking pool.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let shared = self.shared.clone();
+        let placement = placement.clone();
+        let id = *id;
+        self.rt.spawn(async move {
+            let r = fetch::fetch(&shared, &id, &placement, sealed_len).await;
+            let _ = tx.send(r);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err("the pool stopped during the read".into()))
+    }
+
+    fn kick(&self) {
+        self.shared.kick.notify_one();
+    }
+}
+
+/// Evicts fully placed blocks whenever the local files exceed the cache limit.
+async fn keep_cache(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(volume) = shared.volume.upgrade() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || volume.enforce_cache_limit()).await;
+        match r {
+            Ok(Ok(Some(rep))) if rep.evicted_blocks > 0 => {
+                tracing::debug!(target: "bitcloud::pool", blocks = rep.evicted_blocks, bytes = rep.evicted_bytes, "evicted from the local cache");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "bitcloud::pool", error = %e, "keeping the cache within its limit failed");
+            }
+            _ => {}
+        }
+    }
+}

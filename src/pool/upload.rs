@@ -1,0 +1,293 @@
+//! The uploader: drains the volume's upload queue into the pool.
+//!
+//! For each queued block: Reed-Solomon encode its sealed bytes into `k + m` shards, rank the
+//! connected peers that have room by weighted rendezvous hashing (one shard per host), put
+//! the shards not yet placed on them in parallel, and record who holds what. A block with
+//! every shard placed leaves the queue; one with some missing (too few peers, refusals,
+//! timeouts) keeps what was placed, counts as degraded (or local only), and is tried again
+//! with backoff, at once when a new peer shows up. Everything the queue holds survives a
+//! restart or kill -9: the queue and the placements are rows of the volume's database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::task::JoinSet;
+
+use super::Shared;
+use crate::ids::BlockId;
+use crate::meta::placement::{Placement, ShardPlace};
+use crate::node::placement::{Candidate, rank};
+use crate::pipeline::erasure::{self, Scheme};
+use crate::volume::remote::UploadJob;
+
+/// Queue rows read at a time.
+const BATCH: usize = 64;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Longest nap when there is nothing to do (a kick wakes it sooner).
+const IDLE: Duration = Duration::from_secs(1);
+
+enum Outcome {
+    /// Every shard placed.
+    Full,
+    /// Some placed (or none): try again later.
+    Partial,
+    /// The block left the queue (freed, or already done).
+    Gone,
+}
+
+/// Runs until the pool stops or the volume goes.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut retry: HashMap<BlockId, (Instant, Duration)> = HashMap::new();
+    let mut cursor: Option<BlockId> = None;
+    let mut known_peers = 0usize;
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        let Some(volume) = shared.volume.upgrade() else {
+            return;
+        };
+        // A peer that joined may take what failed before: retry everything now.
+        let peers = candidates(&shared).len();
+        if peers > known_peers {
+            retry.clear();
+        }
+        known_peers = peers;
+        if peers == 0 {
+            drop(volume);
+            nap(&shared, IDLE).await;
+            continue;
+        }
+        let after = cursor;
+        let ids =
+            tokio::task::spawn_blocking(move || volume.upload_queue(after.as_ref(), BATCH)).await;
+        let ids = match ids {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                tracing::error!(target: "bitcloud::pool", error = %e, "reading the upload queue failed");
+                nap(&shared, IDLE).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let end_of_queue = ids.len() < BATCH;
+        cursor = if end_of_queue {
+            None
+        } else {
+            ids.last().copied()
+        };
+        let now = Instant::now();
+        let due: Vec<BlockId> = ids
+            .into_iter()
+            .filter(|id| retry.get(id).is_none_or(|(at, _)| *at <= now))
+            .collect();
+        if due.is_empty() {
+            if end_of_queue {
+                let next = retry.values().map(|(at, _)| *at).min();
+                let wait = next.map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
+                nap(&shared, wait.max(Duration::from_millis(50))).await;
+            }
+            continue;
+        }
+        let mut set = JoinSet::new();
+        for id in due {
+            while set.len() >= shared.config.uploads_in_flight.max(1) {
+                if let Some(Ok((id, outcome))) = set.join_next().await {
+                    settle(&mut retry, id, outcome);
+                }
+            }
+            let s = shared.clone();
+            set.spawn(async move {
+                let outcome = upload_one(&s, id).await;
+                (id, outcome)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((id, outcome)) = r {
+                settle(&mut retry, id, outcome);
+            }
+        }
+        // Forget backoffs of blocks long gone from the queue.
+        if retry.len() > 100_000 {
+            retry.retain(|_, (at, _)| *at > now);
+        }
+    }
+}
+
+fn settle(retry: &mut HashMap<BlockId, (Instant, Duration)>, id: BlockId, outcome: Outcome) {
+    match outcome {
+        Outcome::Full | Outcome::Gone => {
+            retry.remove(&id);
+        }
+        Outcome::Partial => {
+            let backoff = retry
+                .get(&id)
+                .map_or(FIRST_RETRY, |(_, b)| (*b * 2).min(MAX_RETRY));
+            retry.insert(id, (Instant::now() + backoff, backoff));
+        }
+    }
+}
+
+async fn nap(shared: &Shared, d: Duration) {
+    let _ = tokio::time::timeout(d, shared.kick.notified()).await;
+}
+
+/// Peers that may receive shards now, as placement candidates.
+fn candidates(shared: &Shared) -> Vec<(PeerId, Candidate)> {
+    shared
+        .node
+        .pool_peers()
+        .into_iter()
+        .map(|(peer, s)| {
+            let c = Candidate {
+                peer: peer.to_bytes(),
+                domain: s.domain(&peer),
+                weight: s.weight(),
+            };
+            (peer, c)
+        })
+        .filter(|(_, c)| c.weight > 0.0)
+        .collect()
+}
+
+async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
+    let Some(volume) = shared.volume.upgrade() else {
+        return Outcome::Gone;
+    };
+    let job = match tokio::task::spawn_blocking(move || volume.upload_job(&id)).await {
+        Ok(Ok(Some(job))) => job,
+        Ok(Ok(None)) => return Outcome::Gone,
+        Ok(Err(e)) => {
+            tracing::warn!(target: "bitcloud::pool", block = %id.short(), error = %e, "cannot read a block to upload");
+            return Outcome::Partial;
+        }
+        Err(_) => return Outcome::Gone,
+    };
+    let UploadJob {
+        id,
+        sealed,
+        placement,
+        scheme,
+    } = job;
+    let (data, parity) = placement.as_ref().map_or(scheme, |p| (p.data, p.parity));
+    let sealed_len = sealed.len();
+    let mut shards = match tokio::task::spawn_blocking(move || {
+        erasure::encode(
+            Scheme {
+                data: data as usize,
+                parity: parity as usize,
+            },
+            &sealed,
+        )
+    })
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(target: "bitcloud::pool", block = %id.short(), error = %e, "erasure coding failed");
+            return Outcome::Partial;
+        }
+        Err(_) => return Outcome::Gone,
+    };
+    let ids: Vec<_> = shards.iter().map(|s| erasure::shard_id(s)).collect();
+    let shard_len = Scheme {
+        data: data as usize,
+        parity: parity as usize,
+    }
+    .shard_len(sealed_len) as u32;
+    // Keep what is placed, if it is this very encoding (it always is: encoding is
+    // deterministic; anything else is started afresh).
+    let mut p = match placement {
+        Some(p)
+            if p.shard_len == shard_len
+                && p.shards.iter().map(|s| s.id).eq(ids.iter().copied()) =>
+        {
+            p
+        }
+        _ => Placement {
+            data,
+            parity,
+            shard_len,
+            shards: ids
+                .iter()
+                .map(|id| ShardPlace {
+                    id: *id,
+                    holder: None,
+                })
+                .collect(),
+        },
+    };
+    let mut placed_now = 0;
+    let unplaced: Vec<usize> = (0..p.shards.len())
+        .filter(|&i| p.shards[i].holder.is_none())
+        .collect();
+    if !unplaced.is_empty() {
+        // Peers (and hosts) that already hold a shard of this block take no other.
+        let holders: Vec<Vec<u8>> = p.shards.iter().filter_map(|s| s.holder.clone()).collect();
+        let all = candidates(shared);
+        let used_domains: Vec<Vec<u8>> = all
+            .iter()
+            .filter(|(_, c)| holders.contains(&c.peer))
+            .map(|(_, c)| c.domain.clone())
+            .collect();
+        let free: Vec<(PeerId, Candidate)> = all
+            .into_iter()
+            .filter(|(_, c)| !holders.contains(&c.peer) && !used_domains.contains(&c.domain))
+            .collect();
+        let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
+        let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
+        let mut puts = JoinSet::new();
+        for (slot, ci) in unplaced.iter().zip(chosen) {
+            let peer = free[ci].0;
+            let client = shared.node.client.clone();
+            let bytes = std::mem::take(&mut shards[*slot]);
+            let sid = ids[*slot];
+            let i = *slot;
+            puts.spawn(async move { (i, peer, client.put(peer, sid, &bytes).await) });
+        }
+        while let Some(r) = puts.join_next().await {
+            let Ok((i, peer, result)) = r else { continue };
+            match result {
+                Ok(()) => {
+                    p.shards[i].holder = Some(peer.to_bytes());
+                    placed_now += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(target: "bitcloud::pool", block = %id.short(), %peer, error = %e, "shard put failed");
+                    if let crate::node::ClientError::Refused(r) = e
+                        && matches!(
+                            r,
+                            crate::node::protocol::Refusal::OfferFull
+                                | crate::node::protocol::Refusal::DiskFull
+                        )
+                    {
+                        // No room there: no more shards until its next Info says otherwise.
+                        shared.node.peers.with(peer, |s| s.used = s.offered);
+                    }
+                }
+            }
+        }
+    }
+    let full = p.is_full();
+    if placed_now == 0 && !full {
+        return Outcome::Partial; // nothing new to record
+    }
+    let Some(volume) = shared.volume.upgrade() else {
+        return Outcome::Gone;
+    };
+    let recorded =
+        tokio::task::spawn_blocking(move || volume.record_placement(&id, &p, full)).await;
+    match recorded {
+        Ok(Ok(true)) if full => Outcome::Full,
+        Ok(Ok(true)) => Outcome::Partial,
+        Ok(Ok(false)) => Outcome::Gone,
+        Ok(Err(e)) => {
+            tracing::error!(target: "bitcloud::pool", block = %id.short(), error = %e, "recording a placement failed");
+            Outcome::Partial
+        }
+        Err(_) => Outcome::Gone,
+    }
+}
