@@ -25,6 +25,7 @@ strip --strip-debug "$stage/usr/bin/bitcloud" 2>/dev/null || true
 mkdir -p "$stage/usr/sbin"
 ln -s ../bin/bitcloud "$stage/usr/sbin/mount.fuse.bitcloud"
 install -Dm644 packaging/systemd/bitcloud-mount@.service "$stage/usr/lib/systemd/user/bitcloud-mount@.service"
+install -Dm644 packaging/systemd/bitcloud-node.service "$stage/usr/lib/systemd/user/bitcloud-node.service"
 mkdir -p "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
     "$stage/usr/share/fish/vendor_completions.d" "$stage/usr/share/man/man1" "$stage/usr/share/doc/bitcloud"
 "$BITCLOUD_BIN" completions bash >"$stage/usr/share/bash-completion/completions/bitcloud"

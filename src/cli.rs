@@ -5,12 +5,15 @@
 //! `fsck` found problems it left. A command that must exit with a code other than 1 without
 //! printing an error returns [`ExitStatus`].
 
+mod cache;
 mod completions;
 mod fsck;
 mod init;
 mod mount;
 pub mod mount_helper;
+mod node;
 mod passphrase;
+mod peers;
 mod progress;
 pub mod service;
 mod status;
@@ -47,8 +50,15 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a bitcloud mount, waiting until its data is safely on disk.
     Umount(umount::UmountArgs),
-    /// Show the volume: files, bytes, dedup savings, blocks by state.
+    /// Show the volume: files, bytes, redundancy, uploads, cache, peers (or, where only a
+    /// `bitcloud node` runs, the node).
     Status(status::StatusArgs),
+    /// Run a storage node: hold shards for the pool's other machines (foreground).
+    Node(node::NodeCmdArgs),
+    /// List known peers, or add one (`peers add MULTIADDR`).
+    Peers(peers::PeersArgs),
+    /// The local cache of blocks: `cache drop` evicts what the pool holds in full.
+    Cache(cache::CacheArgs),
     /// Verify every inode, name and block of the volume (mounted or not); --repair fixes what
     /// can be fixed.
     Fsck(fsck::FsckArgs),
@@ -91,6 +101,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount::run(&paths, a),
         Command::Umount(a) => umount::run(&paths, a),
         Command::Status(a) => status::run(&paths, a),
+        Command::Node(a) => node::run(&paths, a),
+        Command::Peers(a) => peers::run(&paths, a),
+        Command::Cache(a) => cache::run(&paths, a),
         Command::Fsck(a) => fsck::run(&paths, a),
         Command::Service(a) => service::run(&paths, cli.home.as_deref(), a),
         Command::Logs(a) => logs(a),

@@ -78,6 +78,27 @@ impl Paths {
     pub fn control_socket(&self) -> PathBuf {
         self.runtime_dir.join("control.sock")
     }
+
+    /// This machine's libp2p key (the mount's node and `bitcloud node` share it: one
+    /// machine, one peer id).
+    pub fn node_key_file(&self) -> PathBuf {
+        self.data_dir.join("node.key")
+    }
+
+    /// Shards stored for other peers.
+    pub fn shard_dir(&self) -> PathBuf {
+        self.data_dir.join("shards")
+    }
+
+    /// The running `bitcloud node`'s control socket.
+    pub fn node_socket(&self) -> PathBuf {
+        self.runtime_dir.join("node.sock")
+    }
+
+    /// Held (flock) by a running `bitcloud node`.
+    pub fn node_lock_file(&self) -> PathBuf {
+        self.data_dir.join("node.lock")
+    }
 }
 
 /// Problems with paths or `config.toml`.
@@ -96,6 +117,80 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mount: MountConfig,
+    pub node: NodeConfig,
+    pub pool: PoolConfig,
+    pub cache: CacheConfig,
+}
+
+/// The `[node]` table: this machine's libp2p node (the mount's, or `bitcloud node`'s).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Multiaddrs to listen on; empty: every interface on the default port (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Peers to connect to at start and keep connected (`bitcloud peers add` adds here).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Space this machine stores for others ("0": none; "50G", ...).
+    pub offer: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            offer: "0".into(),
+        }
+    }
+}
+
+/// The `[pool]` table: how the mount uses the pool.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Erasure scheme for blocks placed from now on, "K+M"; unset: the volume's (`init
+    /// --shards`).
+    pub shards: Option<String>,
+    /// Seconds a read from the pool may take before it fails with EIO.
+    pub read_timeout_secs: u64,
+    /// With `mount.sync = "remote"`: seconds fsync waits for the pool before EIO.
+    pub sync_timeout_secs: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            shards: None,
+            read_timeout_secs: 5,
+            sync_timeout_secs: 60,
+        }
+    }
+}
+
+/// The `[cache]` table: the local copies of blocks.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most space for block files on this machine ("20G"); unset: no limit. Only blocks the
+    /// pool holds in full are ever evicted.
+    pub size: Option<String>,
+}
+
+/// Parses an erasure scheme "K+M" (K data, M parity shards).
+pub fn parse_shards(s: &str) -> Result<(u8, u8), String> {
+    let bad = || format!("{s:?} is not a shard scheme: expected K+M, e.g. 4+4 or 3+3");
+    let (k, m) = s.trim().split_once('+').ok_or_else(bad)?;
+    let k: u8 = k.trim().parse().map_err(|_| bad())?;
+    let m: u8 = m.trim().parse().map_err(|_| bad())?;
+    if !(1..=32).contains(&k) || !(1..=32).contains(&m) {
+        return Err(format!(
+            "{s:?}: K and M must each be 1 to 32 (K shards rebuild a block, M may be lost)"
+        ));
+    }
+    Ok((k, m))
 }
 
 /// The `[mount]` table.
@@ -112,6 +207,9 @@ pub struct MountConfig {
     pub write_buffer_mib: u64,
     /// Seconds after which a partly written block is sealed even if nobody flushes it.
     pub writeback_secs: u64,
+    /// "local": fsync returns once data is on this machine's disk; "remote": also once every
+    /// block of the file has K+1 shards in the pool.
+    pub sync: String,
 }
 
 impl Default for MountConfig {
@@ -122,6 +220,7 @@ impl Default for MountConfig {
             fuse_threads: 4,
             write_buffer_mib: crate::volume::DEFAULT_WRITE_BUFFER >> 20,
             writeback_secs: 30,
+            sync: "local".into(),
         }
     }
 }
@@ -147,6 +246,35 @@ write_buffer_mib = 256
 # not closed or fsynced (1-3600), as the kernel's dirty_expire does for disks: with the
 # checkpoint, the most a crash can lose of data never fsynced.
 writeback_secs = 30
+# \"local\": fsync returns once the data is on this machine's disk. \"remote\": fsync also
+# waits until every block of the file has K+1 shards on distinct peers (pool.sync_timeout_secs,
+# then EIO).
+sync = \"local\"
+
+[node]
+# Multiaddrs to listen on; empty: every interface on port 4737 (TCP and QUIC), or a free
+# port if that one is taken. Port 0 picks a free port; `bitcloud status` shows it.
+listen = []
+# Peers to connect to and keep connected; `bitcloud peers add MULTIADDR` adds to this.
+bootstrap = []
+# Find peers on the local network by multicast DNS.
+mdns = true
+# Space this machine stores for others (\"0\": none; e.g. \"50G\").
+offer = \"0\"
+
+[pool]
+# Erasure scheme for blocks placed from now on, K+M (any K of K+M shards rebuild a block).
+# Unset: the volume's own, chosen at init (--shards, default 4+4).
+# shards = \"3+3\"
+# Seconds a read may wait for the pool before it fails with EIO.
+read_timeout_secs = 5
+# With mount.sync = \"remote\": seconds fsync waits for the pool before EIO.
+sync_timeout_secs = 60
+
+[cache]
+# Most space for block files on this machine (e.g. \"20G\"); unset: no limit. Only blocks the
+# pool holds at full redundancy are evicted, least recently used first.
+# size = \"20G\"
 ";
 
 impl Config {
@@ -209,8 +337,103 @@ impl Config {
         check("fuse_threads", m.fuse_threads as u64, 1, 64)?;
         check("write_buffer_mib", m.write_buffer_mib, 16, 65536)?;
         check("writeback_secs", m.writeback_secs, 1, 3600)?;
+        if m.sync != "local" && m.sync != "remote" {
+            return Err((
+                "sync",
+                format!("mount.sync = {:?}: expected \"local\" or \"remote\"", m.sync),
+            ));
+        }
+        crate::units::parse_bytes(&self.node.offer)
+            .map_err(|e| ("offer", format!("node.offer: {e}")))?;
+        if let Some(s) = &self.pool.shards {
+            parse_shards(s).map_err(|e| ("shards", format!("pool.shards: {e}")))?;
+        }
+        let p = &self.pool;
+        let check_pool = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err((key, format!("pool.{key} = {v} is out of range {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        check_pool("read_timeout_secs", p.read_timeout_secs, 1, 600)?;
+        check_pool("sync_timeout_secs", p.sync_timeout_secs, 1, 86400)?;
+        if let Some(s) = &self.cache.size {
+            crate::units::parse_bytes(s).map_err(|e| ("size", format!("cache.size: {e}")))?;
+        }
         Ok(())
     }
+}
+
+/// Adds `addr` to `node.bootstrap` in the config file at `path` (created if missing),
+/// keeping the rest of the file (comments included) as it is. Returns `false` if it was
+/// there already.
+pub fn add_bootstrap(path: &Path, addr: &str) -> Result<bool, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ConfigError::Io(path.into(), e)),
+    };
+    let config = Config::parse(path, &text)?;
+    if config.node.bootstrap.iter().any(|b| b == addr) {
+        return Ok(false);
+    }
+    let mut list = config.node.bootstrap.clone();
+    list.push(addr.to_string());
+    let line = format!(
+        "bootstrap = [{}]",
+        list.iter()
+            .map(|a| toml::Value::String(a.clone()).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let node_at = lines.iter().position(|l| l.trim() == "[node]");
+    match node_at {
+        Some(h) => {
+            let end = lines[h + 1..]
+                .iter()
+                .position(|l| is_header(l))
+                .map_or(lines.len(), |i| h + 1 + i);
+            let key_at = (h + 1..end).find(|&i| {
+                lines[i]
+                    .trim_start()
+                    .strip_prefix("bootstrap")
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            });
+            match key_at {
+                Some(k) => {
+                    // The old value may span lines: up to the line closing the array.
+                    let close = (k..end).find(|&i| lines[i].contains(']')).unwrap_or(k);
+                    lines.splice(k..=close, [line]);
+                }
+                None => lines.insert(h + 1, line),
+            }
+        }
+        None => {
+            lines.push(String::new());
+            lines.push("[node]".into());
+            lines.push(line);
+        }
+    }
+    let mut new_text = lines.join("\n");
+    new_text.push('\n');
+    // Never write a file that does not parse back to what was meant.
+    let check = Config::parse(path, &new_text)?;
+    if check.node.bootstrap != list {
+        return Err(ConfigError::Invalid {
+            path: path.into(),
+            message: "could not add to node.bootstrap without changing other settings; edit the file by hand".into(),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ConfigError::Io(dir.into(), e))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, new_text).map_err(|e| ConfigError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ConfigError::Io(path.into(), e))?;
+    Ok(true)
 }
 
 /// The 1-based line of `text` that sets `key` (`key = ...`), if any.
@@ -260,6 +483,45 @@ mod tests {
         let e =
             Config::parse(Path::new("c.toml"), "[mount]\ncheckpoint_secs = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bootstrap_peers_are_added_keeping_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, DEFAULT_CONFIG).unwrap();
+        assert!(add_bootstrap(&p, "/ip4/127.0.0.2/tcp/4737/p2p/a").unwrap());
+        assert!(!add_bootstrap(&p, "/ip4/127.0.0.2/tcp/4737/p2p/a").unwrap());
+        assert!(add_bootstrap(&p, "/ip4/127.0.0.3/tcp/4737/p2p/b").unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("# bitcloud configuration"), "comments kept");
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.node.bootstrap.len(), 2);
+        assert_eq!(c.mount, MountConfig::default());
+        // No file, or no [node] table: made.
+        let q = dir.path().join("new.toml");
+        assert!(add_bootstrap(&q, "/ip4/127.0.0.4/tcp/1/p2p/c").unwrap());
+        assert_eq!(Config::load(&q).unwrap().node.bootstrap.len(), 1);
+        let r = dir.path().join("mount-only.toml");
+        std::fs::write(&r, "[mount]\nseal_threads = 3\n").unwrap();
+        add_bootstrap(&r, "/ip4/127.0.0.4/tcp/1/p2p/c").unwrap();
+        let c = Config::load(&r).unwrap();
+        assert_eq!((c.mount.seal_threads, c.node.bootstrap.len()), (3, 1));
+    }
+
+    #[test]
+    fn pool_settings_are_checked() {
+        assert_eq!(parse_shards("3+3").unwrap(), (3, 3));
+        assert!(parse_shards("3").is_err());
+        assert!(parse_shards("0+2").is_err());
+        let e = Config::parse(Path::new("c.toml"), "[pool]\nshards = \"4-4\"\n").unwrap_err();
+        assert!(e.to_string().contains("pool.shards"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[node]\noffer = \"lots\"\n").unwrap_err();
+        assert!(e.to_string().contains("node.offer"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[mount]\nsync = \"later\"\n").unwrap_err();
+        assert!(e.to_string().contains("mount.sync"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[cache]\nsize = \"1Q\"\n").unwrap_err();
+        assert!(e.to_string().contains("cache.size"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 pub mod control;
 pub mod fusemount;
 pub mod mountpoint;
+pub mod network;
+pub mod node;
 pub mod notify;
 pub mod status;
 
@@ -84,6 +86,29 @@ pub struct MountRequest {
     pub options: Vec<String>,
     pub keys: VolumeKeys,
     pub config: Config,
+    /// Command-line overrides of `[node]`.
+    pub node: network::NodeOverrides,
+}
+
+/// Applies the pool settings of `config` to the volume (at mount and on SIGHUP).
+fn apply_pool_settings(volume: &Volume, config: &Config) -> Result<()> {
+    if let Some(s) = &config.pool.shards {
+        let (k, m) = crate::config::parse_shards(s).map_err(anyhow::Error::msg)?;
+        volume.set_scheme(k, m);
+    }
+    let limit = match &config.cache.size {
+        Some(s) => Some(crate::units::parse_bytes(s).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    volume.set_cache_limit(limit);
+    let (k, _) = volume.scheme();
+    volume.set_sync_remote((config.mount.sync == "remote").then(|| {
+        (
+            k as usize + 1,
+            Duration::from_secs(config.pool.sync_timeout_secs),
+        )
+    }));
+    Ok(())
 }
 
 /// Checks the mountpoint, detaching a dead mount left by a crash. Returns its canonical path.
@@ -144,6 +169,20 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
     if recovery.orphans_removed + recovery.stray_blocks_removed > 0 {
         tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
     }
+    apply_pool_settings(&volume, &req.config)?;
+    let net = network::start(
+        paths,
+        network::node_config(paths, &req.config, &req.node)?,
+    )?;
+    let pool = crate::pool::Pool::start(
+        &volume,
+        net.handle(),
+        net.runtime.handle().clone(),
+        crate::pool::PoolConfig {
+            read_timeout: Duration::from_secs(req.config.pool.read_timeout_secs),
+            ..Default::default()
+        },
+    );
 
     let mut fuse_config = fuser::Config::default();
     fuse_config.acl = spec.acl;
@@ -172,13 +211,20 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
     let control_stop = stop_tx.clone();
+    let no_wait = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let control = control::ControlServer {
         path: paths.control_socket(),
-        volume: Arc::downgrade(&volume),
-        mountpoint: mountpoint.clone(),
+        volume: Some(Arc::downgrade(&volume)),
+        mountpoint: Some(mountpoint.clone()),
+        net: Some(control::NetCtl {
+            node: net.handle(),
+            rt: net.runtime.handle().clone(),
+            config_file: paths.config_file(),
+        }),
         on_umount: Box::new(move || {
             let _ = control_stop.try_send("umount request");
         }),
+        no_wait: no_wait.clone(),
     };
     if let Err(e) = control.spawn() {
         tracing::warn!(target: "bitcloud::daemon", error = %e, "control socket unavailable; status will read the database");
@@ -189,10 +235,16 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         mountpoint.display(),
         mountpoint.display()
     );
+    let me = net.handle();
+    eprintln!("bitcloud: node {}", me.id);
+    for a in me.listen_addrs() {
+        eprintln!("bitcloud:   listening on {a}");
+    }
     notify::notify("READY=1");
 
+    let mut signals = signals;
     let reason = runtime.block_on(wait_for_stop(
-        signals,
+        &mut signals,
         volume.clone(),
         stop_rx,
         background,
@@ -218,6 +270,13 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
             flushing.elapsed().as_secs_f64()
         );
     }
+    runtime.block_on(wait_for_uploads(&volume, &net.handle(), &no_wait, &mut signals));
+    pool.stop();
+    net.stop();
+    // Placements recorded while waiting become durable.
+    volume
+        .checkpoint()
+        .context("the last checkpoint at unmount")?;
     let _ = std::fs::remove_file(paths.control_socket());
     // Close the database before the volume lock goes (with `_lock`, at return): a mount
     // started the moment `umount` returns must find it free. Control requests in flight
@@ -255,19 +314,73 @@ impl Signals {
     }
 }
 
+/// Stop waiting for uploads when none finished for this long (no peers, all refusing).
+const UPLOAD_STALL: Duration = Duration::from_secs(30);
+
+/// Waits until every block is in the pool, unless asked not to (`umount --no-wait`, a
+/// second SIGINT/SIGTERM) or no upload has finished for [`UPLOAD_STALL`]. What is left is
+/// uploaded by the next mount.
+async fn wait_for_uploads(
+    volume: &Volume,
+    node: &crate::node::NodeHandle,
+    no_wait: &std::sync::atomic::AtomicBool,
+    signals: &mut Signals,
+) {
+    let pending = || volume.remote_status().map(|r| (r.pending_blocks, r.pending_bytes)).unwrap_or((0, 0));
+    let (mut blocks, bytes) = pending();
+    if blocks == 0 {
+        return;
+    }
+    let peers = node.pool_peers().iter().filter(|(_, s)| s.offered > 0).count();
+    if peers == 0 || no_wait.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!(
+            "bitcloud: {} in {blocks} blocks is only on this machine (uploads resume at the next mount)",
+            crate::units::bytes(bytes)
+        );
+        return;
+    }
+    eprintln!(
+        "bitcloud: uploading {} in {blocks} blocks to the pool before exiting (`bitcloud umount --no-wait` or Ctrl-C again to leave it for the next mount)",
+        crate::units::bytes(bytes)
+    );
+    let mut last_progress = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if no_wait.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let (now_blocks, _) = pending();
+        if now_blocks == 0 {
+            eprintln!("bitcloud: every block is in the pool");
+            return;
+        }
+        if now_blocks < blocks {
+            blocks = now_blocks;
+            last_progress = tokio::time::Instant::now();
+        } else if last_progress.elapsed() > UPLOAD_STALL {
+            break;
+        }
+    }
+    let (blocks, bytes) = pending();
+    eprintln!(
+        "bitcloud: {} in {blocks} blocks is still only on this machine (uploads resume at the next mount)",
+        crate::units::bytes(bytes)
+    );
+}
+
 async fn wait_for_stop(
-    signals: Signals,
+    signals: &mut Signals,
     volume: Arc<Volume>,
     mut stop_rx: tokio::sync::mpsc::Receiver<&'static str>,
     background: fuser::BackgroundSession,
     mountpoint: &Path,
     (config_path, mut config): (PathBuf, Config),
 ) -> Result<&'static str> {
-    let Signals {
-        mut term,
-        mut int,
-        mut hup,
-    } = signals;
+    let Signals { term, int, hup } = signals;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("bitcloud-session".into())
@@ -294,6 +407,9 @@ async fn wait_for_stop(
                             tick = tokio::time::interval(Duration::from_secs(new.mount.checkpoint_secs));
                         }
                         volume.set_write_buffer(new.mount.write_buffer_mib << 20);
+                        if let Err(e) = apply_pool_settings(&volume, &new) {
+                            eprintln!("bitcloud: SIGHUP: pool settings not applied: {e:#}");
+                        }
                         if new.mount.seal_threads != config.mount.seal_threads
                             || new.mount.fuse_threads != config.mount.fuse_threads
                         {

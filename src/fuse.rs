@@ -28,6 +28,7 @@ use crate::meta::codec::{Kind, Timestamp};
 use crate::volume::{NewNode, RenameMode, SetAttr, Volume, XattrMode};
 
 mod convert;
+mod offload;
 
 pub use convert::errno_of;
 use convert::{caller, fail, file_type, generation, time_set, to_fuse};
@@ -41,9 +42,15 @@ pub const ATTR_TTL: Duration = Duration::from_secs(1);
 /// directory needed one with 1 s).
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
 
+/// Threads answering reads that wait for the pool (each waits at most
+/// `pool.read_timeout`).
+const SLOW_READ_THREADS: usize = 32;
+
 /// The filesystem served to the kernel.
 pub struct BitcloudFs {
     volume: Arc<Volume>,
+    /// Reads that must wait for the pool.
+    slow: offload::Offload,
 }
 
 impl std::fmt::Debug for BitcloudFs {
@@ -54,7 +61,10 @@ impl std::fmt::Debug for BitcloudFs {
 
 impl BitcloudFs {
     pub fn new(volume: Arc<Volume>) -> BitcloudFs {
-        BitcloudFs { volume }
+        BitcloudFs {
+            volume,
+            slow: offload::Offload::new(SLOW_READ_THREADS, 256),
+        }
     }
 }
 
@@ -300,9 +310,15 @@ impl Filesystem for BitcloudFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.volume.read(Ino(ino.0), offset, size) {
+        let read = move |volume: &Volume| match volume.read(Ino(ino.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(fail("read", ino.0, &e)),
+        };
+        if self.volume.read_needs_pool(Ino(ino.0), offset, size as u64) {
+            let volume = self.volume.clone();
+            self.slow.run(move || read(&volume));
+        } else {
+            read(&self.volume);
         }
     }
 

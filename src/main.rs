@@ -19,9 +19,11 @@ fn main() {
     let cli = bitcloud::cli::Cli::parse();
     // fuser warns "Unmount failed: Invalid argument" at every clean stop: its session
     // unmounts on drop, after the daemon already unmounted by path (see daemon.rs).
+    // Kademlia warns at every periodic bootstrap while a node knows no peer yet (a first
+    // node of a pool): expected, not worth a line every five minutes.
     let default = match cli.verbose {
-        0 => "warn,fuser::mnt=error",
-        1 => "info,fuser::mnt=error",
+        0 => "warn,fuser::mnt=error,libp2p_kad=error",
+        1 => "info,fuser::mnt=error,libp2p_kad=error,libp2p_swarm=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -17,6 +17,37 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Parses a size as people write it: `123`, `64M`, `10G`, `1.5TiB`, `500MB`. K, M, G, T
+/// (and KiB, MiB, ...) are binary; KB, MB, GB, TB are decimal. The error says what is wrong.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (expected e.g. 500M, 10G, 1.5T)"))?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return Err(format!("{s:?}: unknown size unit {unit:?} (use K, M, G, T)")),
+    };
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A duration in seconds, e.g. "42 s", "3 min 05 s", "1 h 02 min".
 pub fn duration(secs: u64) -> String {
     match secs {
@@ -29,6 +60,17 @@ pub fn duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("123").unwrap(), 123);
+        assert_eq!(parse_bytes("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("10GB").unwrap(), 10_000_000_000);
+        assert!(parse_bytes("ten").unwrap_err().contains("not a size"));
+        assert!(parse_bytes("5X").unwrap_err().contains("unknown size unit"));
+        assert!(parse_bytes("").is_err());
+    }
 
     #[test]
     fn byte_units() {

@@ -20,10 +20,26 @@ pub struct InitArgs {
     /// Block size in bytes: a power of two from 64 KiB to 16 MiB. Fixed for the volume's life.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub block_size: u32,
+
+    /// Erasure scheme of the volume's blocks in the pool, K+M: each block becomes K data
+    /// and M parity shards on K+M distinct peers, any K of which rebuild it. Default 4+4
+    /// (pools of 8 or more); 3+3 suits a pool of 6. Changeable later for new blocks
+    /// (pool.shards in config.toml).
+    #[arg(long, value_name = "K+M", value_parser = parse_shards_arg)]
+    pub shards: Option<(u8, u8)>,
+}
+
+fn parse_shards_arg(s: &str) -> Result<(u8, u8), String> {
+    crate::config::parse_shards(s)
 }
 
 pub fn run(paths: &Paths, args: InitArgs) -> Result<()> {
-    let created = create(paths, args.passphrase_file.as_deref(), args.block_size)?;
+    let created = create(
+        paths,
+        args.passphrase_file.as_deref(),
+        args.block_size,
+        args.shards,
+    )?;
     for line in created.summary() {
         println!("{line}");
     }
@@ -39,6 +55,7 @@ pub struct Created {
     volume_dir: PathBuf,
     config: PathBuf,
     protected: bool,
+    shards: (u8, u8),
 }
 
 impl Created {
@@ -50,6 +67,13 @@ impl Created {
             format!("  public key   {}", self.public_key),
             format!("  volume       {}", self.volume_dir.display()),
             format!("  config       {}", self.config.display()),
+            format!(
+                "  shards       {}+{}: any {} of {} peers rebuild each block",
+                self.shards.0,
+                self.shards.1,
+                self.shards.0,
+                self.shards.0 + self.shards.1
+            ),
         ];
         if self.protected {
             out.push("  protection   passphrase (age scrypt)".into());
@@ -72,7 +96,12 @@ impl Created {
 }
 
 /// Creates the identity, the volume and the default config under `paths`.
-pub fn create(paths: &Paths, passphrase_file: Option<&Path>, bs: u32) -> Result<Created> {
+pub fn create(
+    paths: &Paths,
+    passphrase_file: Option<&Path>,
+    bs: u32,
+    shards: Option<(u8, u8)>,
+) -> Result<Created> {
     if !bs.is_power_of_two() || !(64 << 10..=16 << 20).contains(&bs) {
         bail!("--block-size {bs} is not a power of two between 65536 and 16777216");
     }
@@ -104,13 +133,16 @@ pub fn create(paths: &Paths, passphrase_file: Option<&Path>, bs: u32) -> Result<
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
     };
-    Volume::create(&paths.volume_dir(), bs, owner).context("creating the volume")?;
+    Volume::create_with_shards(&paths.volume_dir(), bs, owner, shards)
+        .context("creating the volume")?;
+    let (k, m) = shards.unwrap_or(crate::volume::remote::DEFAULT_SCHEME);
     let config = paths.config_file();
     if !config.exists() {
         std::fs::write(&config, DEFAULT_CONFIG)
             .with_context(|| format!("writing {}", config.display()))?;
     }
     Ok(Created {
+        shards: (k, m),
         identity_path,
         public_key: identity.to_public().to_string(),
         volume_dir: paths.volume_dir(),

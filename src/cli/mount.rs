@@ -50,6 +50,46 @@ pub struct MountArgs {
     /// Overrides mount.writeback_secs from config.toml.
     #[arg(long, value_name = "SECONDS")]
     pub writeback_secs: Option<u64>,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Most space for block files on this machine (e.g. 20G; overrides cache.size). Only
+    /// blocks the pool holds at full redundancy are evicted.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+
+    /// fsync also waits until every block of the file has K+1 shards in the pool (as
+    /// mount.sync = "remote").
+    #[arg(long)]
+    pub sync_remote: bool,
+}
+
+/// The node's flags, shared by `mount` and `node`.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Listen on this multiaddr (repeatable; default every interface on port 4737, TCP and
+    /// QUIC; port 0 picks a free one). Overrides node.listen.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+
+    /// Space to store for other peers (e.g. 50G; overrides node.offer).
+    #[arg(long, value_name = "SIZE")]
+    pub offer: Option<String>,
+
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+impl NodeArgs {
+    pub fn overrides(&self) -> crate::daemon::network::NodeOverrides {
+        crate::daemon::network::NodeOverrides {
+            listen: self.listen.clone(),
+            offer: self.offer.clone(),
+            no_mdns: self.no_mdns,
+        }
+    }
 }
 
 /// Creates a missing mountpoint if it lies inside the user's home directory (elsewhere a
@@ -90,7 +130,7 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
             );
         }
         // First run: make the volume, and say so plainly (the identity must be backed up).
-        let created = super::init::create(paths, args.passphrase_file.as_deref(), 1 << 20)
+        let created = super::init::create(paths, args.passphrase_file.as_deref(), 1 << 20, None)
             .context("creating a new volume for this first mount")?;
         for line in created.summary() {
             eprintln!("{line}");
@@ -116,6 +156,15 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
     m.fuse_threads = args.fuse_threads.unwrap_or(m.fuse_threads);
     m.write_buffer_mib = args.write_buffer_mib.unwrap_or(m.write_buffer_mib);
     m.writeback_secs = args.writeback_secs.unwrap_or(m.writeback_secs);
+    if args.sync_remote {
+        m.sync = "remote".into();
+    }
+    if let Some(s) = &args.cache_size {
+        config.cache.size = Some(s.clone());
+    }
+    if let Some(o) = &args.node.offer {
+        config.node.offer = o.clone();
+    }
     config
         .validate(&paths.config_file())
         .context("checking the command-line overrides")?;
@@ -127,6 +176,7 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
             options: args.options,
             keys,
             config,
+            node: args.node.overrides(),
         },
     )
 }

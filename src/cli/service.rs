@@ -14,6 +14,9 @@ use crate::config::Paths;
 /// The unit shipped in packaging/ (the Debian package installs it as is).
 pub const UNIT_TEMPLATE: &str = include_str!("../../packaging/systemd/bitcloud-mount@.service");
 const UNIT_NAME: &str = "bitcloud-mount@.service";
+/// The storage node's unit.
+pub const NODE_UNIT_TEMPLATE: &str = include_str!("../../packaging/systemd/bitcloud-node.service");
+const NODE_UNIT_NAME: &str = "bitcloud-node.service";
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
@@ -36,6 +39,9 @@ pub struct MountpointArg {
     /// Only write or remove files and print the systemctl commands; run nothing.
     #[arg(long)]
     pub no_systemctl: bool,
+    /// The storage node's unit (`bitcloud node`) instead of the mount's.
+    #[arg(long, conflicts_with = "mountpoint")]
+    pub node: bool,
 }
 
 /// `systemd-escape --path`: the instance name systemd derives from a path.
@@ -76,6 +82,15 @@ fn exec_arg(path: &Path) -> Result<String> {
 /// The unit text for this binary and home. The home must be absolute: the service does not
 /// run in the directory `service install` was run from.
 pub fn unit_text(exe: &Path, home: Option<&Path>) -> Result<String> {
+    Ok(UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &exec_command(exe, home)?))
+}
+
+/// The storage node's unit text for this binary and home.
+pub fn node_unit_text(exe: &Path, home: Option<&Path>) -> Result<String> {
+    Ok(NODE_UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &exec_command(exe, home)?))
+}
+
+fn exec_command(exe: &Path, home: Option<&Path>) -> Result<String> {
     let mut cmd = exec_arg(exe)?;
     if let Some(h) = home {
         if !h.is_absolute() {
@@ -83,7 +98,7 @@ pub fn unit_text(exe: &Path, home: Option<&Path>) -> Result<String> {
         }
         cmd.push_str(&format!(" --home {}", exec_arg(h)?));
     }
-    Ok(UNIT_TEMPLATE.replace("/usr/bin/bitcloud", &cmd))
+    Ok(cmd)
 }
 
 fn user_unit_dir() -> Result<PathBuf> {
@@ -147,6 +162,35 @@ pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> 
     let dir = user_unit_dir()?;
     let unit_path = dir.join(UNIT_NAME);
     match args.action {
+        ServiceAction::Install(a) if a.node => {
+            let unit_path = dir.join(NODE_UNIT_NAME);
+            let exe = std::env::current_exe().context("finding this binary")?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&unit_path, node_unit_text(&exe, home)?)
+                .with_context(|| format!("writing {}", unit_path.display()))?;
+            println!("bitcloud: wrote {}", unit_path.display());
+            let run = !a.no_systemctl && user_manager_running();
+            println!("{} the node:", if run { "Starting" } else { "To start" });
+            systemctl(&["daemon-reload"], run)?;
+            systemctl(&["enable", "--now", NODE_UNIT_NAME], run)?;
+            println!(
+                "Logs: journalctl --user -u {NODE_UNIT_NAME}   Status: bitcloud status"
+            );
+        }
+        ServiceAction::Uninstall(a) if a.node => {
+            let unit_path = dir.join(NODE_UNIT_NAME);
+            let run = !a.no_systemctl && user_manager_running();
+            println!("{} the node:", if run { "Stopping" } else { "To stop" });
+            systemctl(&["disable", "--now", NODE_UNIT_NAME], run)?;
+            match std::fs::remove_file(&unit_path) {
+                Ok(()) => println!("bitcloud: removed {}", unit_path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("bitcloud: no unit file at {}", unit_path.display())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            systemctl(&["daemon-reload"], run)?;
+        }
         ServiceAction::Install(a) => {
             if !paths.identity_file().exists() {
                 bail!("not initialised: run `bitcloud init` before installing the service");

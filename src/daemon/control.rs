@@ -15,18 +15,32 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::status::StatusReport;
+use crate::node::NodeHandle;
 use crate::volume::Volume;
 use crate::volume::fsck::{FsckOptions, FsckProgress};
 
 /// What the server needs to answer.
 pub struct ControlServer {
     pub path: PathBuf,
-    /// Weak: the volume (and its database) closes when the mount drops it, even while this
-    /// thread waits in accept; the next mount must find the database free.
-    pub volume: Weak<Volume>,
-    pub mountpoint: PathBuf,
-    /// Called on an `umount` request.
+    /// The mounted volume (`None` for `bitcloud node`). Weak: the volume (and its
+    /// database) closes when the mount drops it, even while this thread waits in accept;
+    /// the next mount must find the database free.
+    pub volume: Option<Weak<Volume>>,
+    pub mountpoint: Option<PathBuf>,
+    /// The node, when this process runs one.
+    pub net: Option<NetCtl>,
+    /// Called on an `umount` (or `stop`) request.
     pub on_umount: Box<dyn Fn() + Send + Sync>,
+    /// Set by a `no-wait` request: stop without waiting for uploads.
+    pub no_wait: Arc<AtomicBool>,
+}
+
+/// The node side of the control socket.
+pub struct NetCtl {
+    pub node: NodeHandle,
+    pub rt: tokio::runtime::Handle,
+    /// Where `peers add` remembers addresses.
+    pub config_file: PathBuf,
 }
 
 /// Set while an fsck runs in this process: one at a time.
@@ -81,37 +95,109 @@ impl ControlServer {
 
     fn serve(&self, stream: UnixStream) -> std::io::Result<()> {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let Some(volume) = self.volume.upgrade() else {
-            let mut w = &stream;
-            return w.write_all(b"{\"error\":\"the mount is stopping\"}\n");
+        let volume = match &self.volume {
+            Some(weak) => match weak.upgrade() {
+                Some(v) => Some(v),
+                None => {
+                    let mut w = &stream;
+                    return w.write_all(b"{\"error\":\"the mount is stopping\"}\n");
+                }
+            },
+            None => None,
         };
         let mut line = String::new();
         BufReader::new((&stream).take_limited()).read_line(&mut line)?;
-        let reply = match line.trim() {
-            "status" => match self.status(&volume) {
+        let err = |e: String| serde_json::json!({ "error": e }).to_string();
+        let reply = match (line.trim(), &volume) {
+            ("status", Some(v)) => match self.status(v) {
                 Ok(r) => serde_json::to_string(&r).unwrap_or_default(),
-                Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                Err(e) => err(e.to_string()),
             },
-            "pending" => serde_json::json!({ "pending_bytes": volume.pending_bytes() }).to_string(),
-            "umount" => {
+            ("status", None) => self.node_status(),
+            ("pending", v) => {
+                let (blocks, bytes) = v
+                    .as_ref()
+                    .and_then(|v| v.remote_status().ok())
+                    .map_or((0, 0), |r| (r.pending_blocks, r.pending_bytes));
+                serde_json::json!({
+                    "pending_bytes": v.as_ref().map_or(0, |v| v.pending_bytes()),
+                    "upload_pending_blocks": blocks,
+                    "upload_pending_bytes": bytes,
+                })
+                .to_string()
+            }
+            ("umount" | "stop", _) => {
                 (self.on_umount)();
                 serde_json::json!({ "ok": true }).to_string()
             }
-            other if other.starts_with("fsck ") => {
+            ("no-wait", _) => {
+                self.no_wait.store(true, Ordering::SeqCst);
+                serde_json::json!({ "ok": true }).to_string()
+            }
+            ("peers", v) => match &self.net {
+                Some(n) => {
+                    let ours = v
+                        .as_ref()
+                        .and_then(|v| v.shards_by_holder().ok())
+                        .unwrap_or_default();
+                    serde_json::json!({ "peers": super::network::peer_reports(&n.node, &ours) })
+                        .to_string()
+                }
+                None => err("this mount runs no node".into()),
+            },
+            (other, _) if other.starts_with("peers add ") => self.peers_add(&other[10..]),
+            ("cache drop", Some(v)) => match v.evict_to(0) {
+                Ok(r) => serde_json::json!({ "report": r }).to_string(),
+                Err(e) => err(e.to_string()),
+            },
+            (other, Some(v)) if other.starts_with("fsck ") => {
                 match serde_json::from_str::<FsckOptions>(&other[5..]) {
-                    Ok(opts) => self.fsck(&volume, &stream, opts),
-                    Err(e) => {
-                        serde_json::json!({ "error": format!("bad fsck request: {e}") }).to_string()
-                    }
+                    Ok(opts) => self.fsck(v, &stream, opts),
+                    Err(e) => err(format!("bad fsck request: {e}")),
                 }
             }
-            other => {
-                serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
-            }
+            (other, _) => err(format!("unknown request {other:?}")),
         };
         let mut w = &stream;
         w.write_all(reply.as_bytes())?;
         w.write_all(b"\n")
+    }
+
+    /// Dials `addr` at once and remembers it in config.toml.
+    fn peers_add(&self, addr: &str) -> String {
+        let err = |e: String| serde_json::json!({ "error": e }).to_string();
+        let Some(n) = &self.net else {
+            return err("this process runs no node".into());
+        };
+        let parsed = match crate::node::parse_peer_addr(addr) {
+            Ok(a) => a,
+            Err(e) => return err(e.to_string()),
+        };
+        if crate::node::peer_of(&parsed).is_none() {
+            return err(format!("{addr} does not end in /p2p/<peer id> (`bitcloud status` on that machine shows its addresses)"));
+        }
+        let dialled = n.rt.block_on(n.node.dial(parsed.clone()));
+        let saved = crate::config::add_bootstrap(&n.config_file, &parsed.to_string());
+        match (dialled, saved) {
+            (Ok(peer), Ok(added)) => {
+                serde_json::json!({ "ok": true, "peer": peer.to_string(), "saved": added }).to_string()
+            }
+            (Err(e), Ok(_)) => err(format!("{e:#} (saved in config.toml; it is retried in the background)")),
+            (_, Err(e)) => err(format!("could not save the address in config.toml: {e}")),
+        }
+    }
+
+    fn node_status(&self) -> String {
+        let Some(n) = &self.net else {
+            return serde_json::json!({ "error": "no node" }).to_string();
+        };
+        serde_json::json!({
+            "node": super::network::node_report(&n.node),
+            "peers": super::network::peer_reports(&n.node, &Default::default()),
+            "store": super::network::store_report(&n.node).unwrap_or_default(),
+            "pid": std::process::id(),
+        })
+        .to_string()
     }
 
     /// Runs fsck on the mounted volume, streaming progress lines; returns the last line.
@@ -154,10 +240,18 @@ impl ControlServer {
     fn status(&self, volume: &Volume) -> crate::volume::Result<StatusReport> {
         let mut r = StatusReport::from_counts(&volume.counts()?, volume.block_size());
         r.mounted = true;
-        r.mountpoint = Some(self.mountpoint.display().to_string());
+        r.mountpoint = self.mountpoint.as_ref().map(|m| m.display().to_string());
         r.pid = Some(std::process::id());
         r.pending_bytes = volume.pending_bytes();
         (r.committed_changes, r.durable_changes) = volume.commit_counts();
+        let (k, m) = volume.scheme();
+        r.shards = format!("{k}+{m}");
+        if let Some(n) = &self.net {
+            r.node = Some(super::network::node_report(&n.node));
+            r.peers = super::network::peer_reports(&n.node, &volume.shards_by_holder()?);
+            r.store = super::network::store_report(&n.node);
+        }
+        r.set_pool(&volume.remote_status()?);
         Ok(r)
     }
 }

@@ -1,13 +1,16 @@
-//! The status report: what `bitcloud status` prints, built from the metadata counts. The
-//! JSON form is a stable interface (fields are only ever added).
+//! The status report: what `bitcloud status` prints, built from the metadata counts, the
+//! pool's queues and the node's peer table. The JSON form is a stable interface: fields are
+//! only ever added, except `redundancy`, which became an object (block counts by how well
+//! the pool holds them) when the pool arrived; its old text is `redundancy_summary`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::meta::Counts;
+use crate::meta::placement::Redundancy;
 use crate::units::bytes as human;
 
 /// A snapshot of the volume, as `status --json` prints it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     /// Format version of this report.
     pub report_version: u32,
@@ -26,18 +29,25 @@ pub struct StatusReport {
     pub referenced_bytes: u64,
     /// Plaintext bytes of distinct stored blocks.
     pub unique_bytes: u64,
-    /// Sealed (encrypted) bytes stored locally.
+    /// Sealed (encrypted) bytes of all distinct blocks.
     pub stored_bytes: u64,
     /// Bytes dedup saved: referenced minus unique.
     pub dedup_saved_bytes: u64,
     /// Bytes holes (sparse regions, zero blocks) saved.
     pub sparse_saved_bytes: u64,
     pub blocks: BlockStates,
-    /// Redundancy: with no peers, every block is local only.
-    pub redundancy: String,
+    /// Blocks by redundancy: `full` (every shard placed), `degraded` (readable from the
+    /// pool, some shards missing), `local_only` (the pool cannot rebuild it; this machine
+    /// has it), `lost` (neither).
+    pub redundancy: Redundancy,
+    /// The same in words.
+    #[serde(default)]
+    pub redundancy_summary: String,
+    /// Erasure scheme of new blocks, "K+M".
+    #[serde(default)]
+    pub shards: String,
     /// Bytes written but not yet durable on this machine's disk (write buffers and block
-    /// files not yet fsynced); 0 when not mounted. Added in 0.1 after `report_version` 1 was
-    /// first published, hence the default.
+    /// files not yet fsynced); 0 when not mounted.
     #[serde(default)]
     pub pending_bytes: u64,
     /// Metadata changes committed since the mount started, and how many of them are durable:
@@ -47,21 +57,92 @@ pub struct StatusReport {
     pub committed_changes: u64,
     #[serde(default)]
     pub durable_changes: u64,
+    /// The upload queue.
+    #[serde(default)]
+    pub upload: UploadReport,
+    /// Local copies of blocks.
+    #[serde(default)]
+    pub cache: CacheReport,
+    /// This process's node (when mounted).
+    #[serde(default)]
+    pub node: Option<NodeReport>,
+    /// Peers known to the node.
+    #[serde(default)]
+    pub peers: Vec<PeerReport>,
+    /// Space this machine stores for others (when it offers some).
+    #[serde(default)]
+    pub store: Option<StoreReport>,
 }
 
 /// Blocks by state.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BlockStates {
-    /// Sealed and stored on this machine only (no peers yet).
+    /// Blocks referenced by files (each counted once).
     pub local_only: u64,
     /// Unreferenced, waiting for a durable checkpoint before deletion.
     pub awaiting_gc: u64,
 }
 
+/// Blocks waiting for the pool.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UploadReport {
+    pub pending_blocks: u64,
+    pub pending_bytes: u64,
+    /// Seconds the oldest block has waited.
+    pub oldest_pending_secs: Option<u64>,
+    /// Collected blocks whose shards are still to be released.
+    #[serde(default)]
+    pub releases_pending: u64,
+}
+
+/// The local block files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CacheReport {
+    pub used_bytes: u64,
+    /// `None`: no limit.
+    pub limit_bytes: Option<u64>,
+}
+
+/// A node: its peer id and listen addresses (each ending in `/p2p/<id>`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeReport {
+    pub id: String,
+    pub listen: Vec<String>,
+}
+
+/// One known peer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerReport {
+    pub id: String,
+    pub addresses: Vec<String>,
+    pub connected: bool,
+    /// Last ping round trip.
+    pub latency_ms: Option<f64>,
+    /// When it was last connected or answered (seconds since the epoch).
+    pub last_seen: Option<u64>,
+    /// It stores shards (speaks the shard protocol).
+    pub storage: bool,
+    pub offered_bytes: u64,
+    pub used_bytes: u64,
+    /// Shards of this volume it holds.
+    pub our_shards: u64,
+    pub failed_requests: u64,
+    pub bad_shards: u64,
+    pub bad_messages: u64,
+}
+
+/// The shards this machine stores for others.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreReport {
+    pub offered_bytes: u64,
+    pub used_bytes: u64,
+    pub shards: u64,
+}
+
 impl StatusReport {
     pub fn from_counts(c: &Counts, block_size: u64) -> StatusReport {
         StatusReport {
-            report_version: 1,
+            report_version: 2,
             mounted: false,
             mountpoint: None,
             pid: None,
@@ -79,11 +160,62 @@ impl StatusReport {
                 local_only: c.blocks,
                 awaiting_gc: c.gc_pending,
             },
-            redundancy: "local only: no peers configured (single-node mode)".into(),
+            redundancy: Redundancy {
+                local_only: c.blocks,
+                ..Redundancy::default()
+            },
+            redundancy_summary: String::new(),
+            shards: String::new(),
             pending_bytes: 0,
             committed_changes: 0,
             durable_changes: 0,
+            upload: UploadReport::default(),
+            cache: CacheReport::default(),
+            node: None,
+            peers: Vec::new(),
+            store: None,
         }
+    }
+
+    /// Fills the pool figures and the summary line from them.
+    pub fn set_pool(&mut self, r: &crate::volume::remote::RemoteStatus) {
+        self.redundancy = r.redundancy;
+        self.blocks.local_only = r.redundancy.local_only;
+        self.upload = UploadReport {
+            pending_blocks: r.pending_blocks,
+            pending_bytes: r.pending_bytes,
+            oldest_pending_secs: r.oldest_pending_secs,
+            releases_pending: r.releases_pending,
+        };
+        self.cache = CacheReport {
+            used_bytes: r.cache_used_bytes,
+            limit_bytes: r.cache_limit_bytes,
+        };
+        self.summarize();
+    }
+
+    fn summarize(&mut self) {
+        let r = &self.redundancy;
+        let total = r.full + r.degraded + r.local_only + r.lost;
+        self.redundancy_summary = if total == 0 {
+            "no blocks yet".into()
+        } else if r.lost > 0 {
+            format!("{} blocks LOST (neither here nor rebuildable from the pool)", r.lost)
+        } else if r.full == total {
+            "every block at full redundancy in the pool".into()
+        } else if r.full + r.degraded == total {
+            format!("every block in the pool; {} degraded", r.degraded)
+        } else {
+            format!(
+                "{} of {total} blocks only on this machine{}",
+                r.local_only,
+                if self.peers.iter().any(|p| p.connected && p.storage) {
+                    ""
+                } else {
+                    " (no storage peers connected)"
+                }
+            )
+        };
     }
 
     /// The human-readable form; `color` adds ANSI colours (only on a terminal).
@@ -107,10 +239,14 @@ impl StatusReport {
             self.files, self.directories, self.inodes
         ));
         s.push_str(&format!("  logical      {}\n", human(self.logical_bytes)));
+        let blocks = self.redundancy.full
+            + self.redundancy.degraded
+            + self.redundancy.local_only
+            + self.redundancy.lost;
         s.push_str(&format!(
             "  stored       {} sealed in {} blocks of up to {}\n",
             human(self.stored_bytes),
-            self.blocks.local_only,
+            blocks,
             human(self.block_size)
         ));
         s.push_str(&format!(
@@ -118,9 +254,39 @@ impl StatusReport {
             human(self.dedup_saved_bytes),
             human(self.sparse_saved_bytes)
         ));
+        let r = &self.redundancy;
         s.push_str(&format!(
-            "  blocks       {} local only, {} awaiting gc\n",
-            self.blocks.local_only, self.blocks.awaiting_gc
+            "  redundancy   {} full, {} degraded, {} local only, {} lost{}\n",
+            r.full,
+            r.degraded,
+            r.local_only,
+            r.lost,
+            if self.shards.is_empty() {
+                String::new()
+            } else {
+                format!(" (shards {})", self.shards)
+            }
+        ));
+        s.push_str(&format!("               {dim}{}{reset}\n", self.redundancy_summary));
+        let u = &self.upload;
+        s.push_str(&format!(
+            "  upload       {} in {} blocks waiting{}\n",
+            human(u.pending_bytes),
+            u.pending_blocks,
+            u.oldest_pending_secs
+                .map(|t| format!(", oldest {}", crate::units::duration(t)))
+                .unwrap_or_default()
+        ));
+        s.push_str(&format!(
+            "  cache        {} of {}\n",
+            human(self.cache.used_bytes),
+            self.cache
+                .limit_bytes
+                .map_or("no limit".to_string(), human)
+        ));
+        s.push_str(&format!(
+            "  blocks       {} awaiting gc\n",
+            self.blocks.awaiting_gc
         ));
         if self.mounted {
             s.push_str(&format!(
@@ -133,9 +299,53 @@ impl StatusReport {
                 }
             ));
         }
-        s.push_str(&format!("  redundancy   {dim}{}{reset}\n", self.redundancy));
+        if let Some(n) = &self.node {
+            s.push_str(&node_lines(n, &self.peers, self.store.as_ref()));
+        }
         s
     }
+}
+
+/// The node's lines of a report (shared with `bitcloud node`'s status).
+pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreReport>) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("  node         {}\n", n.id));
+    for a in &n.listen {
+        s.push_str(&format!("               {a}\n"));
+    }
+    if let Some(st) = store {
+        s.push_str(&format!(
+            "  offered      {} of {} used ({} shards for others)\n",
+            human(st.used_bytes),
+            human(st.offered_bytes),
+            st.shards
+        ));
+    }
+    let connected = peers.iter().filter(|p| p.connected).count();
+    s.push_str(&format!(
+        "  peers        {} known, {} connected\n",
+        peers.len(),
+        connected
+    ));
+    for p in peers {
+        s.push_str(&format!(
+            "    {} {} {}{} free {} ours {}{}\n",
+            p.id,
+            if p.connected { "up  " } else { "down" },
+            p.latency_ms
+                .map(|l| format!("{l:.1} ms "))
+                .unwrap_or_default(),
+            p.addresses.first().map(String::as_str).unwrap_or("-"),
+            human(p.offered_bytes.saturating_sub(p.used_bytes)),
+            p.our_shards,
+            if p.bad_shards > 0 {
+                format!(" BAD SHARDS {}", p.bad_shards)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -156,5 +366,28 @@ mod tests {
         assert_eq!(r.sparse_saved_bytes, 6 << 20);
         assert!(!r.render(false).contains('\x1b'));
         assert!(r.render(true).contains('\x1b'));
+    }
+
+    #[test]
+    fn json_keys_that_must_keep_their_names() {
+        let mut r = StatusReport::from_counts(&Counts::default(), 1 << 20);
+        r.node = Some(NodeReport {
+            id: "x".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/1/p2p/x".into()],
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        for path in [
+            "/redundancy/full",
+            "/redundancy/degraded",
+            "/redundancy/local_only",
+            "/redundancy/lost",
+            "/upload/pending_bytes",
+            "/cache/used_bytes",
+            "/peers",
+            "/node/id",
+            "/node/listen",
+        ] {
+            assert!(v.pointer(path).is_some(), "{path} missing");
+        }
     }
 }

@@ -107,7 +107,7 @@ impl Placement {
 }
 
 /// Blocks by how well the pool holds them (see `volume::remote`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Redundancy {
     /// Every shard placed.
     pub full: u64,
@@ -218,6 +218,20 @@ macro_rules! impl_placement_reads {
                     }
                 }
                 Ok((n, bytes, oldest))
+            }
+
+            /// How many shards of ours each holder has (holder bytes → count).
+            pub fn shards_by_holder(&self) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                let mut out = std::collections::HashMap::new();
+                for (_, v) in range(&t, keys::PLACEMENT, None, usize::MAX)? {
+                    for s in Placement::decode(&v)?.shards {
+                        if let Some(h) = s.holder {
+                            *out.entry(h).or_default() += 1;
+                        }
+                    }
+                }
+                Ok(out)
             }
 
             /// Every block's redundancy; `local(id)` says whether its sealed bytes are on

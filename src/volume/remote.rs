@@ -51,7 +51,14 @@ pub(super) struct RemoteState {
     /// Signalled whenever a placement is recorded.
     pub placed: Condvar,
     pub placed_lock: Mutex<()>,
+    /// Blocks whose fetch failed just now, and why: the kernel retries a failed read at
+    /// once (readahead, then the read itself), and each retry would wait the whole read
+    /// timeout again.
+    pub failed_fetches: Mutex<std::collections::HashMap<BlockId, (Instant, String)>>,
 }
+
+/// How long a failed fetch answers for its block without asking the pool again.
+const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(2);
 
 impl RemoteState {
     pub(super) fn new(scheme: (u8, u8)) -> RemoteState {
@@ -62,6 +69,7 @@ impl RemoteState {
             sync_remote: Mutex::new(None),
             placed: Condvar::new(),
             placed_lock: Mutex::new(()),
+            failed_fetches: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -89,7 +97,7 @@ pub struct RemoteStatus {
 }
 
 /// What `cache drop` (or the cache limit) did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EvictReport {
     pub evicted_blocks: u64,
     pub evicted_bytes: u64,
@@ -253,6 +261,11 @@ impl Volume {
         })
     }
 
+    /// How many of our shards each peer holds (peer id bytes → shards).
+    pub fn shards_by_holder(&self) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
+        Ok(self.meta.read()?.shards_by_holder()?)
+    }
+
     /// Deletes local block files the pool holds at full redundancy, least recently used
     /// first, until at most `target` bytes remain (0: every such block). Placements are
     /// made durable first.
@@ -327,7 +340,23 @@ impl Volume {
             .and_then(|tx| tx.placement(id))
             .map_err(|e| e.to_string())?
             .ok_or("the block is not on this machine and was never placed in the pool")?;
-        let sealed = remote.fetch(id, &placement, record.sealed_len)?;
+        {
+            let mut failed = self.remote.failed_fetches.lock();
+            failed.retain(|_, (at, _)| at.elapsed() < FAILED_FETCH_MEMORY);
+            if let Some((_, why)) = failed.get(id) {
+                return Err(why.clone());
+            }
+        }
+        let sealed = match remote.fetch(id, &placement, record.sealed_len) {
+            Ok(s) => s,
+            Err(why) => {
+                self.remote
+                    .failed_fetches
+                    .lock()
+                    .insert(*id, (Instant::now(), why.clone()));
+                return Err(why);
+            }
+        };
         if let Err(e) = self.store.put_cached(id, &sealed) {
             tracing::warn!(target: "bitcloud::volume", block = %id.short(), error = %e, "could not keep a fetched block in the local cache");
         }
