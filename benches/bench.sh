@@ -48,6 +48,8 @@
 # Each run goes through the targets in turn (raw, bindfs, gocryptfs, bitcloud) so drift hits all of
 # them alike.
 set -euo pipefail
+# bitcloud's node stays on loopback and off multicast (mDNS) here.
+export BITCLOUD_NO_MDNS="${BITCLOUD_NO_MDNS:-1}" BITCLOUD_LISTEN="${BITCLOUD_LISTEN:-/ip4/127.0.0.1/tcp/0}"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BITCLOUD_BIN=${BITCLOUD_BIN:-$REPO/target/release/bitcloud}

@@ -8,12 +8,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bitcloud");
 
+/// Every bitcloud the tests start keeps its node on loopback and off multicast: tests may
+/// talk to 127.0.0.0/8 only.
+pub fn loopback_only(cmd: &mut Command) -> &mut Command {
+    cmd.env("BITCLOUD_NO_MDNS", "1");
+    if std::env::var_os("BITCLOUD_LISTEN").is_none() {
+        cmd.env("BITCLOUD_LISTEN", "/ip4/127.0.0.1/tcp/0");
+    }
+    cmd
+}
+
 /// How long a mount may take to appear or go away.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `bitcloud --home HOME ARGS...` to completion.
 pub fn bitcloud(home: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    loopback_only(&mut Command::new(BIN))
         .arg("--home")
         .arg(home)
         .args(args)
@@ -164,6 +174,7 @@ impl Mount {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already mounted");
         let mut cmd = Command::new(BIN);
+        loopback_only(&mut cmd);
         cmd.arg("--home")
             .arg(&self.home)
             .arg("mount")

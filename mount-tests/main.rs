@@ -9,6 +9,7 @@ mod faults;
 mod fsx;
 mod harness;
 mod mounting;
+mod pool;
 mod posix;
 mod service;
 mod tools;

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{BIN, Mount, bitcloud, sh};
+use crate::harness::{self, BIN, Mount, bitcloud, sh};
 
 fn proc_mounts_line(mnt: &Path) -> String {
     std::fs::read_to_string("/proc/self/mounts")
@@ -217,7 +217,7 @@ fn first_mount_creates_the_volume_and_the_mountpoint() {
     std::fs::create_dir(&user_home).unwrap();
     let home = root.path().join("bitcloud-home");
     let mnt = user_home.join("cloud");
-    let refused = Command::new(BIN)
+    let refused = harness::loopback_only(&mut Command::new(BIN))
         .arg("--home")
         .arg(&home)
         .args(["mount", "--no-init"])
@@ -234,7 +234,7 @@ fn first_mount_creates_the_volume_and_the_mountpoint() {
     );
 
     let log = root.path().join("mount.log");
-    let mut child = Command::new(BIN)
+    let mut child = harness::loopback_only(&mut Command::new(BIN))
         .arg("--home")
         .arg(&home)
         .arg("mount")

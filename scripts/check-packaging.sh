@@ -12,6 +12,7 @@ deb=$(packaging/build-deb.sh target/debian | tail -1)
 echo "== built $deb"
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/bitcloud "./usr/sbin/mount.fuse.bitcloud -> ../bin/bitcloud" ./usr/lib/systemd/user/bitcloud-mount@.service \
+         ./usr/lib/systemd/user/bitcloud-node.service \
          ./usr/share/bash-completion/completions/bitcloud ./usr/share/zsh/vendor-completions/_bitcloud \
          ./usr/share/fish/vendor_completions.d/bitcloud.fish ./usr/share/man/man1/bitcloud.1.gz; do
     grep -qF " $f" <<<"$contents" || fail "$f missing from the package"
@@ -44,6 +45,9 @@ unitdir=$(mktemp -d)
 cp /usr/lib/systemd/user/bitcloud-mount@.service "$unitdir/bitcloud-mount@home-user-cloud.service"
 systemd-analyze verify --man=no "$unitdir/bitcloud-mount@home-user-cloud.service" \
     || fail "systemd-analyze verify failed"
+cp /usr/lib/systemd/user/bitcloud-node.service "$unitdir/"
+systemd-analyze verify --man=no "$unitdir/bitcloud-node.service" \
+    || fail "systemd-analyze verify of the node unit failed"
 rm -rf "$unitdir"
 
 dpkg -r bitcloud >/dev/null

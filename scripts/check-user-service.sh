@@ -408,6 +408,9 @@ say "1. init, service install ~/cloud"
 as_user "$BIN" --home "$BCHOME" init >"$LOGDIR/init.out" 2>&1 \
     || { cat "$LOGDIR/init.out"; die "bitcloud init failed"; }
 say "   bitcloud init: exit 0"
+# The unit does not inherit the test's environment: keep its node on loopback, no mDNS.
+sed -i 's/^mdns = true/mdns = false/; s#^listen = \[\]#listen = ["/ip4/127.0.0.1/tcp/0"]#' "$BCHOME/config.toml"
+grep -q '^mdns = false' "$BCHOME/config.toml" || die "could not turn mDNS off in $BCHOME/config.toml"
 as_user "$BIN" --home "$BCHOME" service install "$MNT" >"$LOGDIR/install.out" 2>&1 \
     || { cat "$LOGDIR/install.out"; die "bitcloud service install failed"; }
 sed 's/^/   | /' "$LOGDIR/install.out"

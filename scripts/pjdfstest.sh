@@ -32,6 +32,8 @@
 # allow_remount stays off and those 13 cases are always skipped.
 # The last line is "pjdfstest: N passed, N failed, N skipped". Exit: 0 ok, 1 failures, 2 setup error.
 set -euo pipefail
+# bitcloud's node stays on loopback and off multicast (mDNS) here.
+export BITCLOUD_NO_MDNS="${BITCLOUD_NO_MDNS:-1}" BITCLOUD_LISTEN="${BITCLOUD_LISTEN:-/ip4/127.0.0.1/tcp/0}"
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BITCLOUD_BIN=${BITCLOUD_BIN:-$SCRIPT_DIR/../target/release/bitcloud}

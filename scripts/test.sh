@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
+# Every bitcloud started here keeps its node on loopback and off multicast (mDNS): CI may
+# talk to 127.0.0.0/8 only. Tests that need other addresses make them in namespaces.
+export BITCLOUD_NO_MDNS=1 BITCLOUD_LISTEN=/ip4/127.0.0.1/tcp/0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

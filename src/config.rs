@@ -340,7 +340,10 @@ impl Config {
         if m.sync != "local" && m.sync != "remote" {
             return Err((
                 "sync",
-                format!("mount.sync = {:?}: expected \"local\" or \"remote\"", m.sync),
+                format!(
+                    "mount.sync = {:?}: expected \"local\" or \"remote\"",
+                    m.sync
+                ),
             ));
         }
         crate::units::parse_bytes(&self.node.offer)

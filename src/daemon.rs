@@ -170,10 +170,7 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         tracing::info!(target: "bitcloud::daemon", ?recovery, "finished work interrupted by an unclean stop");
     }
     apply_pool_settings(&volume, &req.config)?;
-    let net = network::start(
-        paths,
-        network::node_config(paths, &req.config, &req.node)?,
-    )?;
+    let net = network::start(paths, network::node_config(paths, &req.config, &req.node)?)?;
     let pool = crate::pool::Pool::start(
         &volume,
         net.handle(),
@@ -270,7 +267,12 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
             flushing.elapsed().as_secs_f64()
         );
     }
-    runtime.block_on(wait_for_uploads(&volume, &net.handle(), &no_wait, &mut signals));
+    runtime.block_on(wait_for_uploads(
+        &volume,
+        &net.handle(),
+        &no_wait,
+        &mut signals,
+    ));
     pool.stop();
     net.stop();
     // Placements recorded while waiting become durable.
@@ -326,12 +328,21 @@ async fn wait_for_uploads(
     no_wait: &std::sync::atomic::AtomicBool,
     signals: &mut Signals,
 ) {
-    let pending = || volume.remote_status().map(|r| (r.pending_blocks, r.pending_bytes)).unwrap_or((0, 0));
+    let pending = || {
+        volume
+            .remote_status()
+            .map(|r| (r.pending_blocks, r.pending_bytes))
+            .unwrap_or((0, 0))
+    };
     let (mut blocks, bytes) = pending();
     if blocks == 0 {
         return;
     }
-    let peers = node.pool_peers().iter().filter(|(_, s)| s.offered > 0).count();
+    let peers = node
+        .pool_peers()
+        .iter()
+        .filter(|(_, s)| s.offered > 0)
+        .count();
     if peers == 0 || no_wait.load(std::sync::atomic::Ordering::SeqCst) {
         eprintln!(
             "bitcloud: {} in {blocks} blocks is only on this machine (uploads resume at the next mount)",

@@ -56,7 +56,16 @@ pub(crate) struct Shared {
     /// New blocks are queued (or a peer appeared): the uploader looks at once.
     pub kick: Notify,
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Blocks whose fetch failed just now: when, the peers' connection count then, and
+    /// why. The kernel retries a failed read at once (readahead, then the read itself), and
+    /// each retry would wait the whole read timeout again; a new connection since makes
+    /// the pool worth asking again.
+    pub failed:
+        parking_lot::Mutex<std::collections::HashMap<BlockId, (std::time::Instant, u64, String)>>,
 }
+
+/// How long a failed fetch answers for its block without asking the pool again.
+const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(2);
 
 impl Shared {
     /// The rendezvous key of a block: only this volume's owner can compute it.
@@ -92,6 +101,7 @@ impl Pool {
             placement_key: volume.placement_key(),
             kick: Notify::new(),
             stopping: Default::default(),
+            failed: Default::default(),
         });
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),
@@ -126,6 +136,14 @@ impl Remote for Pool {
         placement: &Placement,
         sealed_len: u32,
     ) -> Result<Vec<u8>, String> {
+        let connects = self.shared.node.peers.connects();
+        {
+            let mut failed = self.shared.failed.lock();
+            failed.retain(|_, (at, c, _)| at.elapsed() < FAILED_FETCH_MEMORY && *c == connects);
+            if let Some((_, _, why)) = failed.get(id) {
+                return Err(why.clone());
+            }
+        }
         // Run on the node's runtime and wait here: callers are volume threads (FUSE,
         // prefetch, fsck), which may be inside another runtime's blocking pool.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -136,8 +154,16 @@ impl Remote for Pool {
             let r = fetch::fetch(&shared, &id, &placement, sealed_len).await;
             let _ = tx.send(r);
         });
-        rx.recv()
-            .unwrap_or_else(|_| Err("the pool stopped during the read".into()))
+        let r = rx
+            .recv()
+            .unwrap_or_else(|_| Err("the pool stopped during the read".into()));
+        if let Err(why) = &r {
+            self.shared
+                .failed
+                .lock()
+                .insert(id, (std::time::Instant::now(), connects, why.clone()));
+        }
+        r
     }
 
     fn kick(&self) {

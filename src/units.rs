@@ -39,7 +39,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
-        _ => return Err(format!("{s:?}: unknown size unit {unit:?} (use K, M, G, T)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size unit {unit:?} (use K, M, G, T)"
+            ));
+        }
     };
     let bytes = value * mult;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {

@@ -70,7 +70,12 @@ pub struct MountArgs {
 pub struct NodeArgs {
     /// Listen on this multiaddr (repeatable; default every interface on port 4737, TCP and
     /// QUIC; port 0 picks a free one). Overrides node.listen.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "BITCLOUD_LISTEN",
+        value_delimiter = ','
+    )]
     pub listen: Vec<String>,
 
     /// Space to store for other peers (e.g. 50G; overrides node.offer).
@@ -78,7 +83,7 @@ pub struct NodeArgs {
     pub offer: Option<String>,
 
     /// Do not look for peers on the local network (mDNS).
-    #[arg(long)]
+    #[arg(long, env = "BITCLOUD_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
 }
 

@@ -107,7 +107,11 @@ fn list(paths: &Paths, json: bool) -> Result<()> {
         println!(
             "{} {} {}{}{}",
             p.id,
-            if p.connected { "connected" } else { "not connected" },
+            if p.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
             p.addresses.first().map(String::as_str).unwrap_or("-"),
             p.latency_ms
                 .map(|l| format!(" {l:.1} ms"))

@@ -173,9 +173,7 @@ pub fn run(paths: &Paths, home: Option<&Path>, args: ServiceArgs) -> Result<()> 
             println!("{} the node:", if run { "Starting" } else { "To start" });
             systemctl(&["daemon-reload"], run)?;
             systemctl(&["enable", "--now", NODE_UNIT_NAME], run)?;
-            println!(
-                "Logs: journalctl --user -u {NODE_UNIT_NAME}   Status: bitcloud status"
-            );
+            println!("Logs: journalctl --user -u {NODE_UNIT_NAME}   Status: bitcloud status");
         }
         ServiceAction::Uninstall(a) if a.node => {
             let unit_path = dir.join(NODE_UNIT_NAME);

@@ -86,17 +86,17 @@ pub fn run(paths: &Paths, args: StatusArgs) -> Result<()> {
     // SAFETY: isatty only inspects the descriptor.
     let color = unsafe { libc::isatty(1) } == 1 && std::env::var_os("NO_COLOR").is_none();
     let has_volume = paths.volume_dir().join("meta.redb").exists();
-    if !has_volume || !VolumeLock::is_held(&paths.lock_file()) {
-        if let Some(node) = node_status(paths) {
-            let n = node?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&n)?);
-            } else {
-                println!("bitcloud node: running (pid {})", n.pid);
-                print!("{}", node_lines(&n.node, &n.peers, Some(&n.store)));
-            }
-            return Ok(());
+    if (!has_volume || !VolumeLock::is_held(&paths.lock_file()))
+        && let Some(node) = node_status(paths)
+    {
+        let n = node?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&n)?);
+        } else {
+            println!("bitcloud node: running (pid {})", n.pid);
+            print!("{}", node_lines(&n.node, &n.peers, Some(&n.store)));
         }
+        return Ok(());
     }
     if !has_volume {
         bail!(

@@ -33,7 +33,9 @@ fn pending(paths: &Paths) -> Option<(u64, u64)> {
     let v = serde_json::from_str::<serde_json::Value>(&line).ok()?;
     Some((
         v.get("pending_bytes")?.as_u64()?,
-        v.get("upload_pending_bytes").and_then(|b| b.as_u64()).unwrap_or(0),
+        v.get("upload_pending_bytes")
+            .and_then(|b| b.as_u64())
+            .unwrap_or(0),
     ))
 }
 
@@ -107,10 +109,20 @@ pub fn run(paths: &Paths, args: UmountArgs) -> Result<()> {
             }
             let total = *first_disk.get_or_insert(disk);
             if disk > 0 || (total > 0 && upload == 0) {
-                progress.update("writing buffered data", total.saturating_sub(disk), total, true);
+                progress.update(
+                    "writing buffered data",
+                    total.saturating_sub(disk),
+                    total,
+                    true,
+                );
             } else if upload > 0 && !args.no_wait {
                 let total = *first_upload.get_or_insert(upload);
-                progress.update("uploading to the pool", total.saturating_sub(upload), total, true);
+                progress.update(
+                    "uploading to the pool",
+                    total.saturating_sub(upload),
+                    total,
+                    true,
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -174,15 +174,20 @@ impl ControlServer {
             Err(e) => return err(e.to_string()),
         };
         if crate::node::peer_of(&parsed).is_none() {
-            return err(format!("{addr} does not end in /p2p/<peer id> (`bitcloud status` on that machine shows its addresses)"));
+            return err(format!(
+                "{addr} does not end in /p2p/<peer id> (`bitcloud status` on that machine shows its addresses)"
+            ));
         }
         let dialled = n.rt.block_on(n.node.dial(parsed.clone()));
         let saved = crate::config::add_bootstrap(&n.config_file, &parsed.to_string());
         match (dialled, saved) {
             (Ok(peer), Ok(added)) => {
-                serde_json::json!({ "ok": true, "peer": peer.to_string(), "saved": added }).to_string()
+                serde_json::json!({ "ok": true, "peer": peer.to_string(), "saved": added })
+                    .to_string()
             }
-            (Err(e), Ok(_)) => err(format!("{e:#} (saved in config.toml; it is retried in the background)")),
+            (Err(e), Ok(_)) => err(format!(
+                "{e:#} (saved in config.toml; it is retried in the background)"
+            )),
             (_, Err(e)) => err(format!("could not save the address in config.toml: {e}")),
         }
     }

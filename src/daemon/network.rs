@@ -36,7 +36,8 @@ impl Network {
         if let Some(node) = self.node.take() {
             self.runtime.block_on(node.stop());
         }
-        self.runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        self.runtime
+            .shutdown_timeout(std::time::Duration::from_secs(2));
     }
 }
 
@@ -45,7 +46,7 @@ impl Network {
 pub fn node_config(paths: &Paths, config: &Config, o: &NodeOverrides) -> Result<NodeConfig> {
     let parse_all = |list: &[String], what: &str| -> Result<Vec<libp2p::Multiaddr>> {
         list.iter()
-            .map(|s| node::parse_peer_addr(s).with_context(|| format!("{what}")))
+            .map(|s| node::parse_peer_addr(s).with_context(|| what.to_string()))
             .collect()
     };
     let listen = if o.listen.is_empty() {
@@ -138,6 +139,7 @@ pub fn peer_reports(
             our_shards: ours.get(&id.to_bytes()).copied().unwrap_or(0),
             failed_requests: s.failed,
             bad_shards: s.bad_shards,
+            lost_shards: s.lost_shards,
             bad_messages: s.bad_messages,
         })
         .collect()

@@ -71,9 +71,12 @@ pub fn run_node(paths: &Paths, config: &Config, overrides: NodeOverrides) -> Res
         }),
         no_wait: Arc::default(),
     };
-    control
-        .spawn()
-        .with_context(|| format!("serving the control socket {}", paths.node_socket().display()))?;
+    control.spawn().with_context(|| {
+        format!(
+            "serving the control socket {}",
+            paths.node_socket().display()
+        )
+    })?;
     eprintln!("bitcloud: node {}", handle.id);
     for a in handle.listen_addrs() {
         eprintln!("bitcloud:   listening on {a}");

@@ -128,6 +128,9 @@ pub struct PeerReport {
     pub our_shards: u64,
     pub failed_requests: u64,
     pub bad_shards: u64,
+    /// Shards it stored for us and no longer had when asked.
+    #[serde(default)]
+    pub lost_shards: u64,
     pub bad_messages: u64,
 }
 
@@ -200,7 +203,10 @@ impl StatusReport {
         self.redundancy_summary = if total == 0 {
             "no blocks yet".into()
         } else if r.lost > 0 {
-            format!("{} blocks LOST (neither here nor rebuildable from the pool)", r.lost)
+            format!(
+                "{} blocks LOST (neither here nor rebuildable from the pool)",
+                r.lost
+            )
         } else if r.full == total {
             "every block at full redundancy in the pool".into()
         } else if r.full + r.degraded == total {
@@ -267,7 +273,10 @@ impl StatusReport {
                 format!(" (shards {})", self.shards)
             }
         ));
-        s.push_str(&format!("               {dim}{}{reset}\n", self.redundancy_summary));
+        s.push_str(&format!(
+            "               {dim}{}{reset}\n",
+            self.redundancy_summary
+        ));
         let u = &self.upload;
         s.push_str(&format!(
             "  upload       {} in {} blocks waiting{}\n",
@@ -280,9 +289,7 @@ impl StatusReport {
         s.push_str(&format!(
             "  cache        {} of {}\n",
             human(self.cache.used_bytes),
-            self.cache
-                .limit_bytes
-                .map_or("no limit".to_string(), human)
+            self.cache.limit_bytes.map_or("no limit".to_string(), human)
         ));
         s.push_str(&format!(
             "  blocks       {} awaiting gc\n",
@@ -338,8 +345,8 @@ pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreRepo
             p.addresses.first().map(String::as_str).unwrap_or("-"),
             human(p.offered_bytes.saturating_sub(p.used_bytes)),
             p.our_shards,
-            if p.bad_shards > 0 {
-                format!(" BAD SHARDS {}", p.bad_shards)
+            if p.bad_shards + p.lost_shards > 0 {
+                format!(" BAD {} LOST {}", p.bad_shards, p.lost_shards)
             } else {
                 String::new()
             }

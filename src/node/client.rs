@@ -21,6 +21,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight to one peer from this node: below what a node serves at once per
 /// peer (`server::PER_PEER`), so a node with one owner never answers `Busy`.
 const PER_PEER: usize = 6;
+/// Times a request is sent again after its stream was dropped unanswered.
+const DROPPED_RETRIES: u32 = 4;
 
 /// Why a request to a peer did not give what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -85,21 +87,44 @@ impl Client {
 
     /// Sends `req` (and `body` after it), returns the response and the stream (for a body
     /// that follows it).
+    ///
+    /// A node drops an inbound stream it cannot take at once (libp2p-stream hands streams
+    /// over one at a time and drops the rest), which the asker sees as a stream that closes
+    /// before any answer. Every request is idempotent (a put of a shard held is `Stored`), so
+    /// such a request is sent again on a new stream, a few times, at once.
     async fn ask(
         &self,
         peer: PeerId,
         req: &Request,
         body: Option<&[u8]>,
     ) -> Result<(Response, Stream), ClientError> {
-        let mut s = self.open(peer).await?;
-        wire::write_all(&mut s, &req.encode()).await?;
-        if let Some(b) = body {
-            wire::write_all(&mut s, b).await?;
+        let mut attempt = 0u32;
+        loop {
+            let mut s = self.open(peer).await?;
+            match Self::exchange(&mut s, req, body).await {
+                Ok(resp) => return Ok((resp, s)),
+                Err(WireError::Io(e)) if attempt < DROPPED_RETRIES => {
+                    attempt += 1;
+                    tracing::trace!(target: "bitcloud::node", %peer, attempt, error = %e, "stream dropped before an answer; asking again");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        wire::close(&mut s).await?;
-        let frame = wire::read_frame(&mut s).await?;
-        let resp = Response::decode(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok((resp, s))
+    }
+
+    async fn exchange(
+        s: &mut Stream,
+        req: &Request,
+        body: Option<&[u8]>,
+    ) -> Result<Response, WireError> {
+        wire::write_all(s, &req.encode()).await?;
+        if let Some(b) = body {
+            wire::write_all(s, b).await?;
+        }
+        wire::close(s).await?;
+        let frame = wire::read_frame(s).await?;
+        Ok(Response::decode(&frame)?)
     }
 
     /// Records the outcome against the peer.

@@ -18,7 +18,7 @@ use super::{Command, NodeHandle, peer_of, peers};
 const TICK: Duration = Duration::from_secs(2);
 /// How often a connected pool peer is asked for its space.
 const INFO_EVERY: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Backoff state of one address we keep dialling.
 pub(super) struct Redial {
@@ -145,9 +145,11 @@ impl Loop {
                 endpoint,
                 ..
             } => {
-                self.handle
-                    .peers
-                    .connected(peer_id, endpoint.get_remote_address());
+                self.handle.peers.connected(
+                    peer_id,
+                    endpoint.get_remote_address(),
+                    endpoint.is_dialer(),
+                );
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     if let Some(r) = self.known.get_mut(&addr) {
                         r.succeeded();

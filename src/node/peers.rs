@@ -35,6 +35,8 @@ pub struct PeerState {
     pub failing: u32,
     /// Shards that came back with wrong bytes.
     pub bad_shards: u64,
+    /// Shards it stored for us and no longer has (damaged and quarantined, or deleted).
+    pub lost_shards: u64,
     /// Malformed or unexpected messages it sent.
     pub bad_messages: u64,
 }
@@ -55,6 +57,7 @@ impl PeerState {
             failed: 0,
             failing: 0,
             bad_shards: 0,
+            lost_shards: 0,
             bad_messages: 0,
         }
     }
@@ -79,19 +82,19 @@ impl PeerState {
         (
             !self.connected,
             self.failing.min(3),
-            self.bad_shards,
+            self.bad_shards + self.lost_shards,
             self.rtt.map_or(u128::MAX, |r| r.as_micros()),
         )
     }
 
-    /// A weight for placement: free space, halved for each bad shard it served (a peer that
-    /// returns wrong bytes gets ever fewer shards), zero if it offers nothing.
+    /// A weight for placement: free space, halved for each shard it served wrong or lost (a
+    /// peer that loses or alters data gets ever fewer shards), zero if it offers nothing.
     pub fn weight(&self) -> f64 {
         if !self.shard_protocol || !self.connected || self.failing >= 3 || self.free() == 0 {
             return 0.0;
         }
         (self.free() as f64 / (1u64 << 30) as f64).max(1e-6)
-            / 2f64.powi(self.bad_shards.min(60) as i32)
+            / 2f64.powi((self.bad_shards + self.lost_shards).min(60) as i32)
     }
 }
 
@@ -99,6 +102,8 @@ impl PeerState {
 #[derive(Default)]
 pub struct Peers {
     map: Mutex<HashMap<PeerId, PeerState>>,
+    /// Connections established so far: changes whenever the reachable pool may have grown.
+    connects: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Peers {
@@ -147,11 +152,25 @@ impl Peers {
         });
     }
 
-    pub fn connected(&self, peer: PeerId, remote: &Multiaddr) {
+    /// Connections established so far (see [`Peers::connected`]).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A connection to `peer` is up. `remote` is the address we dialled (`dialed`), or the
+    /// one its connection came from. Only a dialled address says for sure which host the
+    /// peer is on: a connection it opened may come from another of its host's addresses
+    /// (on one machine, every 127.0.0.x peer dials out from 127.0.0.1), so it sets the
+    /// failure domain only while none is known.
+    pub fn connected(&self, peer: PeerId, remote: &Multiaddr, dialed: bool) {
+        self.connects
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.with(peer, |s| {
             s.connected = true;
             s.last_seen = Some(SystemTime::now());
-            if let Some(ip) = ip_of(remote) {
+            if let Some(ip) = ip_of(remote)
+                && (dialed || s.ip.is_none())
+            {
                 s.ip = Some(ip);
             }
         });

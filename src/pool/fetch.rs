@@ -59,7 +59,10 @@ pub(super) async fn fetch(
             order.len()
         ));
     }
-    let mut next = order.into_iter();
+    // A holder that could not be reached is asked once more, after the others: a connection
+    // that was closing when the stream opened fails the request, the next one redials.
+    let mut next: std::collections::VecDeque<(usize, PeerId)> = order.into_iter().collect();
+    let mut retried = vec![false; n];
     let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
     let mut good = 0usize;
     let mut failures: Vec<String> = Vec::new();
@@ -70,7 +73,7 @@ pub(super) async fn fetch(
         running.spawn(async move { (i, peer, client.get(peer, sid).await) });
     };
     for _ in 0..k {
-        if let Some(x) = next.next() {
+        if let Some(x) = next.pop_front() {
             ask(&mut running, x);
         }
     }
@@ -99,7 +102,7 @@ pub(super) async fn fetch(
             }
             _ = hedge => {
                 // Something is slow: ask one more holder alongside.
-                if let Some(x) = next.next() {
+                if let Some(x) = next.pop_front() {
                     ask(&mut running, x);
                 }
             }
@@ -118,13 +121,26 @@ pub(super) async fn fetch(
                         tracing::warn!(target: "bitcloud::pool", %peer, block = %id.short(), shard = i, "a peer served a shard with wrong bytes");
                         peers.with(peer, |s| s.bad_shards += 1);
                         failures.push(format!("{peer}: wrong bytes"));
-                        if let Some(x) = next.next() {
+                        if let Some(x) = next.pop_front() {
+                            ask(&mut running, x);
+                        }
+                    }
+                    Err(crate::node::ClientError::Unreachable(why)) if !retried[i] => {
+                        retried[i] = true;
+                        failures.push(format!("{}: {}", short_peer(&peer), brief(&why)));
+                        next.push_back((i, peer));
+                        if let Some(x) = next.pop_front() {
                             ask(&mut running, x);
                         }
                     }
                     Err(e) => {
-                        failures.push(format!("{}: {e}", short_peer(&peer)));
-                        if let Some(x) = next.next() {
+                        if matches!(e, crate::node::ClientError::NotFound) {
+                            // It was given this shard and no longer has it.
+                            tracing::warn!(target: "bitcloud::pool", %peer, block = %id.short(), shard = i, "a peer lost a shard it stored for us");
+                            peers.with(peer, |s| s.lost_shards += 1);
+                        }
+                        failures.push(format!("{}: {}", short_peer(&peer), brief(&e.to_string())));
+                        if let Some(x) = next.pop_front() {
                             ask(&mut running, x);
                         }
                     }
@@ -149,6 +165,15 @@ pub(super) async fn fetch(
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// The first line of an error, cut short: dial errors list every address tried.
+fn brief(why: &str) -> String {
+    let line = why.lines().next().unwrap_or_default();
+    match line.char_indices().nth(100) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    }
 }
 
 fn short_peer(p: &PeerId) -> String {

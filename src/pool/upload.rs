@@ -92,6 +92,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             continue;
         }
+        tracing::debug!(target: "bitcloud::pool", blocks = due.len(), peers, "uploading");
         let mut set = JoinSet::new();
         for id in due {
             while set.len() >= shared.config.uploads_in_flight.max(1) {
@@ -239,6 +240,7 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
             .collect();
         let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
         let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
+        tracing::debug!(target: "bitcloud::pool", block = %id.short(), unplaced = unplaced.len(), candidates = cands.len(), chosen = chosen.len(), "placing shards");
         let mut puts = JoinSet::new();
         for (slot, ci) in unplaced.iter().zip(chosen) {
             let peer = free[ci].0;

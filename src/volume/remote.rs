@@ -51,14 +51,7 @@ pub(super) struct RemoteState {
     /// Signalled whenever a placement is recorded.
     pub placed: Condvar,
     pub placed_lock: Mutex<()>,
-    /// Blocks whose fetch failed just now, and why: the kernel retries a failed read at
-    /// once (readahead, then the read itself), and each retry would wait the whole read
-    /// timeout again.
-    pub failed_fetches: Mutex<std::collections::HashMap<BlockId, (Instant, String)>>,
 }
-
-/// How long a failed fetch answers for its block without asking the pool again.
-const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(2);
 
 impl RemoteState {
     pub(super) fn new(scheme: (u8, u8)) -> RemoteState {
@@ -69,7 +62,6 @@ impl RemoteState {
             sync_remote: Mutex::new(None),
             placed: Condvar::new(),
             placed_lock: Mutex::new(()),
-            failed_fetches: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -340,23 +332,7 @@ impl Volume {
             .and_then(|tx| tx.placement(id))
             .map_err(|e| e.to_string())?
             .ok_or("the block is not on this machine and was never placed in the pool")?;
-        {
-            let mut failed = self.remote.failed_fetches.lock();
-            failed.retain(|_, (at, _)| at.elapsed() < FAILED_FETCH_MEMORY);
-            if let Some((_, why)) = failed.get(id) {
-                return Err(why.clone());
-            }
-        }
-        let sealed = match remote.fetch(id, &placement, record.sealed_len) {
-            Ok(s) => s,
-            Err(why) => {
-                self.remote
-                    .failed_fetches
-                    .lock()
-                    .insert(*id, (Instant::now(), why.clone()));
-                return Err(why);
-            }
-        };
+        let sealed = remote.fetch(id, &placement, record.sealed_len)?;
         if let Err(e) = self.store.put_cached(id, &sealed) {
             tracing::warn!(target: "bitcloud::volume", block = %id.short(), error = %e, "could not keep a fetched block in the local cache");
         }

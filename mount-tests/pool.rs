@@ -1,0 +1,420 @@
+//! The nodepool, end to end: one real mount and six real `bitcloud node` processes on
+//! 127.0.0.2-7, talking libp2p. Data written through FUSE is spread as 3+3 shards; the test
+//! stops, kills, freezes and damages nodes and checks every byte that comes back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, BIN, Mount, bitcloud, sh, sh_fails, write_pattern};
+
+const NODES: usize = 6;
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// One `bitcloud node` process with its own home, on its own loopback address.
+struct Node {
+    home: PathBuf,
+    ip: String,
+    port: u16,
+    child: Option<Child>,
+    frozen: bool,
+}
+
+impl Node {
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.with_extension("log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--home")
+            .arg(&self.home)
+            .args(["node", "--offer", "4G", "--no-mdns", "--listen"])
+            .arg(format!("/ip4/{}/tcp/{}", self.ip, self.port))
+            .env_remove("BITCLOUD_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Up when its control socket answers with its address.
+        let addr = wait_for("node status", || {
+            let s = status(&self.home)?;
+            s.pointer("/node/listen/0")?.as_str().map(str::to_string)
+        });
+        if self.port == 0 {
+            self.port = addr
+                .split("/tcp/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .expect("a tcp port");
+        }
+    }
+
+    fn addr(&self) -> String {
+        let s = status(&self.home).expect("node status");
+        s.pointer("/node/listen/0")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn id(&self) -> String {
+        let s = status(&self.home).expect("node status");
+        s.pointer("/node/id").unwrap().as_str().unwrap().to_string()
+    }
+
+    fn signal(&mut self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, sig) };
+        self.frozen = sig == libc::SIGSTOP;
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take().unwrap();
+        let s = harness::wait_with_deadline(&mut c);
+        assert!(s.success(), "node exited with {s}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.frozen {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `status --json` of a home, if it answers.
+fn status(home: &Path) -> Option<serde_json::Value> {
+    let out = bitcloud(home, &["status", "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Polls `f` until it gives a value, within [`DEADLINE`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn n(v: &serde_json::Value, path: &str) -> u64 {
+    v.pointer(path).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+/// Waits until every block of the volume has all its shards placed.
+fn wait_full_redundancy(m: &Mount) {
+    let last = std::cell::RefCell::new(None);
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        let s = status(&m.home);
+        let done = s.as_ref().is_some_and(|s| {
+            let not_full = n(s, "/redundancy/degraded")
+                + n(s, "/redundancy/local_only")
+                + n(s, "/redundancy/lost")
+                + n(s, "/upload/pending_blocks");
+            not_full == 0 && n(s, "/redundancy/full") > 0
+        });
+        if done {
+            return;
+        }
+        *last.borrow_mut() = s;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "timed out waiting for full redundancy; last status: {:#?}\nmount log tail:\n{}",
+        last.borrow(),
+        m.log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[allow(dead_code)]
+fn wait_full_redundancy_simple(m: &Mount) {
+    wait_for("full redundancy", || {
+        let s = status(&m.home)?;
+        let not_full = n(&s, "/redundancy/degraded")
+            + n(&s, "/redundancy/local_only")
+            + n(&s, "/redundancy/lost")
+            + n(&s, "/upload/pending_blocks");
+        (not_full == 0 && n(&s, "/redundancy/full") > 0).then_some(())
+    });
+}
+
+/// Connected storage peers of the mount.
+fn connected_peers(m: &Mount) -> usize {
+    status(&m.home)
+        .and_then(|s| s.get("peers")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["connected"] == true && p["storage"] == true)
+        .count()
+}
+
+/// Evicts every fully placed block and drops the kernel's page cache: reads go to the pool.
+fn drop_caches(m: &Mount) {
+    let out = bitcloud(&m.home, &["cache", "drop", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+fn sums(dir: &Path) -> String {
+    sh(dir, "find . -type f | sort | xargs -d '\\n' sha256sum")
+}
+
+#[test]
+fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
+    // BITCLOUD_TEST_KEEP=1 keeps the homes and logs for a post-mortem.
+    let root = tempfile::Builder::new()
+        .prefix("bitcloud-pool")
+        .disable_cleanup(std::env::var_os("BITCLOUD_TEST_KEEP").is_some())
+        .tempdir()
+        .unwrap();
+    let mut nodes: Vec<Node> = (0..NODES)
+        .map(|i| Node {
+            home: root.path().join(format!("node{i}")),
+            ip: format!("127.0.0.{}", i + 2),
+            port: 0,
+            child: None,
+            frozen: false,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    let home = root.path().join("home");
+    let mnt = root.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = bitcloud(&home, &["init", "--shards", "3+3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes {
+        let out = bitcloud(&home, &["peers", "add", &node.addr()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Reads give up after 10 s; the frozen-pool step checks the mount answers meanwhile.
+    let cfg = home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("read_timeout_secs = 5", "read_timeout_secs = 10"),
+    )
+    .unwrap();
+    let mut m = Mount::existing(root.path(), &home, &mnt);
+    wait_for("six storage peers", || {
+        (connected_peers(&m) == NODES).then_some(())
+    });
+
+    // A tree of small files and a 256 MiB file.
+    sh(
+        &mnt,
+        "mkdir -p tree/a/b tree/c && for i in $(seq 1 40); do head -c $((i * 997)) /dev/urandom > tree/a/f$i; done \
+         && for i in $(seq 1 10); do head -c $((i * 70000)) /dev/urandom > tree/c/g$i; done \
+         && ln -s a/f1 tree/link && head -c 268435456 /dev/urandom > big && sync",
+    );
+    let before = sums(&mnt);
+    wait_full_redundancy(&m);
+    let s = status(&m.home).unwrap();
+    assert!(n(&s, "/redundancy/full") >= 256, "{s}");
+    for p in s["peers"].as_array().unwrap() {
+        assert!(n(p, "/our_shards") > 0, "every node holds shards: {p}");
+    }
+    let state = sh(&mnt, "getfattr --only-values -n user.bitcloud.state big");
+    assert_eq!(state.trim(), "redundant");
+
+    // Everything comes back from the pool alone.
+    drop_caches(&m);
+    assert!(n(&status(&m.home).unwrap(), "/cache/used_bytes") < 1 << 20);
+    assert_eq!(sums(&mnt), before, "read back from the pool");
+
+    // Any 3 of the 6 shards rebuild a block: stop 3 nodes.
+    for node in &mut nodes[..3] {
+        node.stop();
+    }
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before, "read back with 3 of 6 nodes stopped");
+
+    // One more: reads fail with EIO in bounded time; the mount stays usable.
+    nodes[3].stop();
+    drop_caches(&m);
+    let t = Instant::now();
+    let err = sh_fails(&mnt, "dd if=big of=/dev/null bs=1M count=4");
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "EIO took {:?}",
+        t.elapsed()
+    );
+    sh(
+        &mnt,
+        "ls -l tree/a >/dev/null && stat big >/dev/null && echo still > usable && cat usable",
+    );
+
+    // Start them again: reads work.
+    for node in &mut nodes[..4] {
+        node.start();
+    }
+    wait_for("nodes back", || {
+        (connected_peers(&m) == NODES).then_some(())
+    });
+    drop_caches(&m);
+    sh(&mnt, "rm usable");
+    assert_eq!(sums(&mnt), before, "read back after the nodes came back");
+
+    // Damage every shard file of one node: reads stay correct, and that node is scored down.
+    let victim = nodes[4].id();
+    let shards = nodes[4].home.join("data/shards/shards");
+    let mut damaged = 0;
+    for dir in std::fs::read_dir(&shards).unwrap().flatten() {
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let mut bytes = std::fs::read(f.path()).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x55;
+            std::fs::write(f.path(), bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 100, "{damaged} shard files damaged");
+    drop_caches(&m);
+    assert_eq!(
+        sums(&mnt),
+        before,
+        "read back with one node's shards damaged"
+    );
+    let s = status(&m.home).unwrap();
+    let scored = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == victim.as_str())
+        .map(|p| n(p, "/lost_shards") + n(p, "/bad_shards"))
+        .unwrap();
+    assert!(scored > 0, "the damaged node was not scored down: {s}");
+
+    // Freeze every node: writes still succeed locally, the mount answers while 16 cold reads
+    // wait for the pool, and uploads finish once the nodes run again.
+    drop_caches(&m);
+    for node in &mut nodes {
+        node.signal(libc::SIGSTOP);
+    }
+    let readers: Vec<Child> = (0..16)
+        .map(|i| {
+            Command::new("dd")
+                .arg("if=big")
+                .arg("of=/dev/null")
+                .args(["bs=1M", "count=1", &format!("skip={}", i * 16 + 3)])
+                .current_dir(&mnt)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    write_pattern(&mnt.join("while-frozen"), 8 << 20, 7);
+    sh(
+        &mnt,
+        "ls -l tree/a >/dev/null && stat big >/dev/null && cat tree/a/f3 >/dev/null && cat while-frozen >/dev/null",
+    );
+    let answered = t.elapsed();
+    let mut readers = readers;
+    let still_waiting = readers
+        .iter_mut()
+        .map(|c| c.try_wait().unwrap().is_none())
+        .filter(|&waiting| waiting)
+        .count();
+    assert!(
+        still_waiting > 0 && answered < Duration::from_secs(8),
+        "the mount answered in {answered:?} with {still_waiting} cold reads waiting"
+    );
+    for node in &mut nodes {
+        node.signal(libc::SIGCONT);
+    }
+    for mut r in readers {
+        harness::wait_with_deadline(&mut r);
+    }
+    wait_full_redundancy(&m);
+    let with_frozen = sums(&mnt);
+    drop_caches(&m);
+    assert_eq!(
+        sums(&mnt),
+        with_frozen,
+        "what was written while the pool was frozen"
+    );
+
+    // kill -9 the mount with uploads pending: the next mount resumes them, nothing is lost.
+    for node in &mut nodes {
+        node.signal(libc::SIGSTOP);
+    }
+    write_pattern(&mnt.join("pending"), 24 << 20, 11);
+    sh(&mnt, "sync pending");
+    wait_for("uploads pending", || {
+        (n(&status(&m.home)?, "/upload/pending_blocks") > 0).then_some(())
+    });
+    let expected = sums(&mnt);
+    m.kill9();
+    for node in &mut nodes {
+        node.signal(libc::SIGCONT);
+    }
+    m.start();
+    wait_full_redundancy(&m);
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), expected, "after kill -9 and remount");
+    assert_ne!(expected, with_frozen);
+
+    // A cache smaller than the data: write and read back four times the cache size.
+    m.stop();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("# size = \"20G\"", "size = \"64M\"")).unwrap();
+    m.start();
+    sh(
+        &mnt,
+        "rm big && head -c 268435456 /dev/urandom > big2 && sync",
+    );
+    let expected = sums(&mnt);
+    wait_full_redundancy(&m);
+    wait_for("cache within its limit", || {
+        (n(&status(&m.home)?, "/cache/used_bytes") <= 64 << 20).then_some(())
+    });
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert_eq!(sums(&mnt), expected, "read back through a small cache");
+    wait_for("cache within its limit after reading", || {
+        (n(&status(&m.home)?, "/cache/used_bytes") <= 64 << 20).then_some(())
+    });
+    m.stop();
+}
