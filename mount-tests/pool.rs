@@ -1,6 +1,7 @@
-//! The nodepool, end to end: one real mount and six real `bitcloud node` processes on
-//! 127.0.0.2-7, talking libp2p. Data written through FUSE is spread as 3+3 shards; the test
-//! stops, kills, freezes and damages nodes and checks every byte that comes back.
+//! The nodepool, end to end: one real mount and real `bitcloud node` processes on
+//! 127.0.0.2 and up, talking libp2p. Data written through FUSE is spread as shards; the
+//! tests stop, kill, freeze and damage nodes and check every byte that comes back, what
+//! fsync promises with `mount.sync = "remote"`, and what `umount --no-wait` leaves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,6 +99,62 @@ impl Drop for Node {
     }
 }
 
+/// The test's directory; BITCLOUD_TEST_KEEP=1 keeps the homes and logs for a post-mortem.
+fn test_root(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(std::env::var_os("BITCLOUD_TEST_KEEP").is_some())
+        .tempdir()
+        .unwrap()
+}
+
+/// `count` running nodes on 127.0.0.2 and up.
+fn start_nodes(root: &Path, count: usize) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (0..count)
+        .map(|i| Node {
+            home: root.join(format!("node{i}")),
+            ip: format!("127.0.0.{}", i + 2),
+            port: 0,
+            child: None,
+            frozen: false,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    nodes
+}
+
+/// A new volume (`init --shards`) that knows `peers`: its home and mountpoint.
+fn new_volume(root: &Path, shards: &str, peers: &[Node]) -> (PathBuf, PathBuf) {
+    let home = root.join("home");
+    let mnt = root.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = bitcloud(&home, &["init", "--shards", shards]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in peers {
+        let out = bitcloud(&home, &["peers", "add", &node.addr()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (home, mnt)
+}
+
+/// Replaces `from` with `to` in the volume's config.toml.
+fn edit_config(home: &Path, from: &str, to: &str) {
+    let cfg = home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(from), "config.toml has no {from:?}");
+    std::fs::write(&cfg, text.replace(from, to)).unwrap();
+}
+
 /// `status --json` of a home, if it answers.
 fn status(home: &Path) -> Option<serde_json::Value> {
     let out = bitcloud(home, &["status", "--json"]);
@@ -154,18 +211,6 @@ fn wait_full_redundancy(m: &Mount) {
     );
 }
 
-#[allow(dead_code)]
-fn wait_full_redundancy_simple(m: &Mount) {
-    wait_for("full redundancy", || {
-        let s = status(&m.home)?;
-        let not_full = n(&s, "/redundancy/degraded")
-            + n(&s, "/redundancy/local_only")
-            + n(&s, "/redundancy/lost")
-            + n(&s, "/upload/pending_blocks");
-        (not_full == 0 && n(&s, "/redundancy/full") > 0).then_some(())
-    });
-}
-
 /// Connected storage peers of the mount.
 fn connected_peers(m: &Mount) -> usize {
     status(&m.home)
@@ -193,49 +238,11 @@ fn sums(dir: &Path) -> String {
 
 #[test]
 fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
-    // BITCLOUD_TEST_KEEP=1 keeps the homes and logs for a post-mortem.
-    let root = tempfile::Builder::new()
-        .prefix("bitcloud-pool")
-        .disable_cleanup(std::env::var_os("BITCLOUD_TEST_KEEP").is_some())
-        .tempdir()
-        .unwrap();
-    let mut nodes: Vec<Node> = (0..NODES)
-        .map(|i| Node {
-            home: root.path().join(format!("node{i}")),
-            ip: format!("127.0.0.{}", i + 2),
-            port: 0,
-            child: None,
-            frozen: false,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.start();
-    }
-    let home = root.path().join("home");
-    let mnt = root.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = bitcloud(&home, &["init", "--shards", "3+3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for node in &nodes {
-        let out = bitcloud(&home, &["peers", "add", &node.addr()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let root = test_root("bitcloud-pool");
+    let mut nodes = start_nodes(root.path(), NODES);
+    let (home, mnt) = new_volume(root.path(), "3+3", &nodes);
     // Reads give up after 10 s; the frozen-pool step checks the mount answers meanwhile.
-    let cfg = home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace("read_timeout_secs = 5", "read_timeout_secs = 10"),
-    )
-    .unwrap();
+    edit_config(&home, "read_timeout_secs = 5", "read_timeout_secs = 10");
     let mut m = Mount::existing(root.path(), &home, &mnt);
     wait_for("six storage peers", || {
         (connected_peers(&m) == NODES).then_some(())
@@ -247,6 +254,15 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
         "mkdir -p tree/a/b tree/c && for i in $(seq 1 40); do head -c $((i * 997)) /dev/urandom > tree/a/f$i; done \
          && for i in $(seq 1 10); do head -c $((i * 70000)) /dev/urandom > tree/c/g$i; done \
          && ln -s a/f1 tree/link && head -c 268435456 /dev/urandom > big && sync",
+    );
+    // Names, contents, links and xattrs no node (nor the mount's own home) may see in clear.
+    sh(
+        &mnt,
+        &format!(
+            "mkdir tree/dir-{MARKER} && echo '{MARKER} body' > tree/dir-{MARKER}/file-{MARKER} \
+             && head -c 3000000 /dev/zero | tr '\\0' Q | sed 's/^/{MARKER}/' > tree/{MARKER}-big \
+             && ln -s target-{MARKER} tree/link-{MARKER} && setfattr -n user.{MARKER} -v value-{MARKER} tree/{MARKER}-big && sync"
+        ),
     );
     let before = sums(&mnt);
     wait_full_redundancy(&m);
@@ -399,8 +415,7 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
 
     // A cache smaller than the data: write and read back four times the cache size.
     m.stop();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("# size = \"20G\"", "size = \"64M\"")).unwrap();
+    edit_config(&home, "# size = \"20G\"", "size = \"64M\"");
     m.start();
     sh(
         &mnt,
@@ -416,5 +431,117 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
     wait_for("cache within its limit after reading", || {
         (n(&status(&m.home)?, "/cache/used_bytes") <= 64 << 20).then_some(())
     });
+    m.stop();
+    for node in nodes.iter_mut().filter(|n| n.child.is_some()) {
+        node.stop();
+    }
+
+    // Nothing in any home (the nodes' shard stores, the mount's cache and database, the logs)
+    // holds a name, a content or an xattr in clear.
+    for needle in [MARKER, "QQQQQQQQQQQQQQQQ"] {
+        let out = Command::new("grep")
+            .args(["-r", "-a", "-l", needle])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{needle} found in: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+const MARKER: &str = "PLAINTEXT-MARKER-77c2";
+
+/// `mount.sync = "remote"`: fsync returns only once every block of the file has k+1 shards on
+/// distinct peers, and fails with EIO when the pool cannot give them in time. Also `peers add`
+/// on a running mount, and `umount --no-wait` with uploads pending.
+#[test]
+fn sync_remote_fsync_waits_for_the_pool() {
+    let root = test_root("bitcloud-pool-sync");
+    let mut nodes = start_nodes(root.path(), 3);
+    // 2+1: fsync waits for k+1 = 3 shards, i.e. all three nodes.
+    let (home, mnt) = new_volume(root.path(), "2+1", &nodes[..2]);
+    edit_config(&home, "sync = \"local\"", "sync = \"remote\"");
+    edit_config(&home, "sync_timeout_secs = 60", "sync_timeout_secs = 4");
+    let mut m = Mount::existing(root.path(), &home, &mnt);
+    wait_for("two storage peers", || {
+        (connected_peers(&m) == 2).then_some(())
+    });
+
+    // `peers add` on a running mount dials at once and remembers the peer.
+    let third = nodes[2].addr();
+    let out = bitcloud(&home, &["peers", "add", &third]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the third peer", || {
+        (connected_peers(&m) == 3).then_some(())
+    });
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(config.contains(&third), "remembered in config.toml");
+
+    // With every node answering, fsync returns with the file fully placed.
+    sh(
+        &mnt,
+        "dd if=/dev/urandom of=a bs=1M count=5 conv=fsync status=none",
+    );
+    let state = sh(&mnt, "getfattr --only-values -n user.bitcloud.state a");
+    assert_eq!(
+        state.trim(),
+        "redundant",
+        "fsync returned before the pool had it"
+    );
+
+    // One node frozen: only two shards per block can be placed; fsync gives up with EIO
+    // after sync_timeout_secs, and the data stays (locally) readable.
+    nodes[2].signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let err = sh_fails(
+        &mnt,
+        "dd if=/dev/urandom of=b bs=1M count=3 conv=fsync status=none",
+    );
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let b = sh(&mnt, "sha256sum b");
+    // Once it answers again, the uploads finish (without another write) and fsync succeeds.
+    nodes[2].signal(libc::SIGCONT);
+    wait_for("b fully placed", || {
+        (sh(&mnt, "getfattr --only-values -n user.bitcloud.state b").trim() == "redundant")
+            .then_some(())
+    });
+    sh(
+        &mnt,
+        "python3 -c \"import os; fd = os.open('b', os.O_RDWR); os.fsync(fd)\"",
+    );
+
+    // Every node frozen: `umount --no-wait` returns at once and says what is only local;
+    // the next mount uploads it.
+    for node in &mut nodes {
+        node.signal(libc::SIGSTOP);
+    }
+    sh(&mnt, "head -c 3000000 /dev/urandom > c");
+    let c = sh(&mnt, "sha256sum c");
+    let out = bitcloud(&home, &["umount", "--no-wait", mnt.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("is only on this machine"), "{said}");
+    m.forget_child_after_umount();
+    for node in &mut nodes {
+        node.signal(libc::SIGCONT);
+    }
+    m.start();
+    wait_full_redundancy(&m);
+    drop_caches(&m);
+    assert_eq!(sh(&mnt, "sha256sum b"), b);
+    assert_eq!(sh(&mnt, "sha256sum c"), c);
     m.stop();
 }

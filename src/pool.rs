@@ -166,6 +166,10 @@ impl Remote for Pool {
         r
     }
 
+    fn can_place(&self) -> bool {
+        !upload::candidates(&self.shared).is_empty()
+    }
+
     fn kick(&self) {
         self.shared.kick.notify_one();
     }

@@ -396,4 +396,57 @@ mod tests {
             }
         }
     }
+
+    /// Valid frames of every kind, then damaged: random bytes are overwritten, the frame is
+    /// cut short or extended. Random bytes alone rarely reach past the version and kind.
+    fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
+        let id = any::<[u8; 32]>().prop_map(ShardId);
+        let ids = proptest::collection::vec(id.clone(), 0..20);
+        prop_oneof![
+            (id.clone(), any::<u32>()).prop_map(|(id, len)| Request::Put { id, len }.encode()),
+            id.clone().prop_map(|id| Request::Get { id }.encode()),
+            ids.clone().prop_map(|ids| Request::Has { ids }.encode()),
+            ids.prop_map(|ids| Request::Release { ids }.encode()),
+            Just(Request::Info.encode()),
+            (1u8..=5).prop_map(|c| Response::Refused(Refusal::from_code(c).unwrap()).encode()),
+            any::<u32>().prop_map(|len| Response::Shard { len }.encode()),
+            proptest::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|bits| Response::Have { bits }.encode()),
+            any::<u32>().prop_map(|count| Response::Released { count }.encode()),
+            any::<(u64, u64, u64)>().prop_map(|(offered, used, used_by_asker)| Response::Info {
+                offered,
+                used,
+                used_by_asker
+            }
+            .encode()),
+        ]
+    }
+
+    proptest! {
+        // A bounded fuzz run in CI: about a second.
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn damaged_frames_are_rejected_or_decode_consistently(
+            frame in valid_frame(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut b = frame[4..].to_vec();
+            for (at, byte) in flips {
+                if !b.is_empty() {
+                    let i = at.index(b.len());
+                    b[i] = byte;
+                }
+            }
+            b.truncate(cut.index(b.len() + 1));
+            b.extend(tail);
+            if let Ok(Some(r)) = Request::decode(&b) {
+                prop_assert_eq!(Request::decode(&r.encode()[4..]).unwrap(), Some(r));
+            }
+            if let Ok(r) = Response::decode(&b) {
+                prop_assert_eq!(Response::decode(&r.encode()[4..]).unwrap(), r);
+            }
+        }
+    }
 }

@@ -137,7 +137,7 @@ async fn nap(shared: &Shared, d: Duration) {
 }
 
 /// Peers that may receive shards now, as placement candidates.
-fn candidates(shared: &Shared) -> Vec<(PeerId, Candidate)> {
+pub(super) fn candidates(shared: &Shared) -> Vec<(PeerId, Candidate)> {
     shared
         .node
         .pool_peers()

@@ -33,6 +33,9 @@ pub trait Remote: Send + Sync {
 
     /// New blocks are in the upload queue.
     fn kick(&self);
+
+    /// Some peer can take shards now: queued blocks are on their way, not only local.
+    fn can_place(&self) -> bool;
 }
 
 /// The erasure scheme of a volume made without `--shards`: 4 data + 4 parity shards (any 4
@@ -375,6 +378,12 @@ impl Volume {
         if !self.has_remote() {
             return Ok(FileState::Local);
         }
+        let can_place = self
+            .remote
+            .remote
+            .read()
+            .as_ref()
+            .is_some_and(|r| r.can_place());
         let tx = self.meta.read()?;
         let slots = tx.slots_in(ino, 0, u64::MAX)?;
         let mut state = FileState::Redundant;
@@ -382,7 +391,7 @@ impl Volume {
             let s = match tx.placement(&id)? {
                 Some(p) if p.is_full() => FileState::Redundant,
                 Some(p) if p.placed() >= p.data as usize => FileState::Degraded,
-                _ if tx.is_queued(&id)? => FileState::Uploading,
+                _ if can_place && tx.is_queued(&id)? => FileState::Uploading,
                 _ => FileState::Local,
             };
             let rank = |s| match s {
