@@ -158,6 +158,12 @@ pub struct PoolConfig {
     pub read_timeout_secs: u64,
     /// With `mount.sync = "remote"`: seconds fsync waits for the pool before EIO.
     pub sync_timeout_secs: u64,
+    /// Seconds between walks of the repair checker.
+    pub repair_interval_secs: u64,
+    /// Seconds a peer may be silent before its shards count as missing and are rebuilt.
+    pub repair_grace_secs: u64,
+    /// Live shards above K below which a block is repaired; unset: M (any missing shard).
+    pub repair_margin: Option<u8>,
 }
 
 impl Default for PoolConfig {
@@ -166,6 +172,9 @@ impl Default for PoolConfig {
             shards: None,
             read_timeout_secs: 5,
             sync_timeout_secs: 60,
+            repair_interval_secs: 300,
+            repair_grace_secs: 3600,
+            repair_margin: None,
         }
     }
 }
@@ -270,6 +279,15 @@ offer = \"0\"
 read_timeout_secs = 5
 # With mount.sync = \"remote\": seconds fsync waits for the pool before EIO.
 sync_timeout_secs = 60
+# Seconds between checks of every block's shards (blocks short of shards are repaired;
+# a read that finds a lost shard starts a check at once).
+repair_interval_secs = 300
+# Seconds a peer may stay silent before its shards count as missing and are rebuilt on
+# other peers (a reboot or a short outage should not cause repair traffic).
+repair_grace_secs = 3600
+# A block is repaired when fewer than K + repair_margin of its shards are live. Unset: M,
+# i.e. as soon as any shard is missing past the grace period (docs/pool.md).
+# repair_margin = 2
 
 [cache]
 # Most space for block files on this machine (e.g. \"20G\"); unset: no limit. Only blocks the
@@ -361,6 +379,14 @@ impl Config {
         };
         check_pool("read_timeout_secs", p.read_timeout_secs, 1, 600)?;
         check_pool("sync_timeout_secs", p.sync_timeout_secs, 1, 86400)?;
+        check_pool("repair_interval_secs", p.repair_interval_secs, 1, 86400)?;
+        check_pool("repair_grace_secs", p.repair_grace_secs, 1, 30 * 86400)?;
+        if p.repair_margin == Some(0) {
+            return Err((
+                "repair_margin",
+                "pool.repair_margin = 0 would repair only lost blocks; use 1 or more".into(),
+            ));
+        }
         if let Some(s) = &self.cache.size {
             crate::units::parse_bytes(s).map_err(|e| ("size", format!("cache.size: {e}")))?;
         }

@@ -177,6 +177,9 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
         net.runtime.handle().clone(),
         crate::pool::PoolConfig {
             read_timeout: Duration::from_secs(req.config.pool.read_timeout_secs),
+            repair_interval: Duration::from_secs(req.config.pool.repair_interval_secs),
+            repair_grace: Duration::from_secs(req.config.pool.repair_grace_secs),
+            repair_margin: req.config.pool.repair_margin,
             ..Default::default()
         },
     );

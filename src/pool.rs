@@ -8,7 +8,9 @@
 //! - [`fetch`]: a block not on this machine: shards from their holders in parallel, data
 //!   shards first, each verified, a slow peer hedged, decoded from the first `k` good ones,
 //!   within `pool.read_timeout`.
-//! - [`release`]: shards of collected blocks are released on their holders.
+//! - [`release`]: shards of collected blocks (and copies a repair replaced) are released on
+//!   their holders.
+//! - [`repair`]: blocks short of live shards get the missing ones rebuilt on new peers.
 //! - the cache keeper: evicts fully placed blocks beyond `cache.size`.
 //!
 //! Everything runs on the node's tokio runtime; the volume calls in through
@@ -16,6 +18,7 @@
 
 pub mod fetch;
 pub mod release;
+pub mod repair;
 pub mod upload;
 
 use std::sync::{Arc, Weak};
@@ -23,7 +26,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::ids::BlockId;
+use libp2p::PeerId;
+
+use crate::ids::{BlockId, ShardId};
 use crate::meta::placement::Placement;
 use crate::node::NodeHandle;
 use crate::volume::Volume;
@@ -36,6 +41,12 @@ pub struct PoolConfig {
     pub read_timeout: Duration,
     /// Blocks uploaded at once.
     pub uploads_in_flight: usize,
+    /// How often the repairer walks the placements.
+    pub repair_interval: Duration,
+    /// How long a holder may be silent before its shards count as missing.
+    pub repair_grace: Duration,
+    /// Live shards above `k` below which a block is repaired; `None`: `m` (any lost shard).
+    pub repair_margin: Option<u8>,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +54,9 @@ impl Default for PoolConfig {
         PoolConfig {
             read_timeout: Duration::from_secs(5),
             uploads_in_flight: 8,
+            repair_interval: repair::DEFAULT_INTERVAL,
+            repair_grace: repair::DEFAULT_GRACE,
+            repair_margin: None,
         }
     }
 }
@@ -62,7 +76,19 @@ pub(crate) struct Shared {
     /// the pool worth asking again.
     pub failed:
         parking_lot::Mutex<std::collections::HashMap<BlockId, (std::time::Instant, u64, String)>>,
+    /// Shards a holder was caught without (not found, or wrong bytes): they count as
+    /// missing until a repair replaces them. Bounded by [`MAX_LOST`].
+    pub lost: parking_lot::Mutex<std::collections::HashSet<(ShardId, PeerId)>>,
+    /// The repairer looks at once (a fetch found a lost shard).
+    pub repair_kick: Notify,
+    /// When this pool started: a holder not heard from since counts as seen then.
+    pub started: std::time::SystemTime,
+    /// Shards rebuilt and placed by repairs.
+    pub repaired_shards: std::sync::atomic::AtomicU64,
 }
+
+/// Most (shard, holder) pairs remembered as lost.
+const MAX_LOST: usize = 100_000;
 
 /// How long a failed fetch answers for its block without asking the pool again.
 const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(2);
@@ -75,6 +101,47 @@ impl Shared {
 
     pub fn stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `holder` still counts for `shard`: it was not caught without it, and it
+    /// answers now, or was last heard from (or this pool started) within the grace period.
+    pub fn holder_live(&self, holder: &[u8], shard: &ShardId) -> bool {
+        let Ok(peer) = PeerId::from_bytes(holder) else {
+            return false;
+        };
+        if self.lost.lock().contains(&(*shard, peer)) {
+            return false;
+        }
+        let state = self.node.peers.get(&peer);
+        if state
+            .as_ref()
+            .is_some_and(|s| s.connected && s.failing == 0)
+        {
+            return true;
+        }
+        let seen = state
+            .and_then(|s| s.last_seen)
+            .map_or(self.started, |t| t.max(self.started));
+        seen.elapsed()
+            .is_ok_and(|silent| silent < self.config.repair_grace)
+            || seen.elapsed().is_err()
+    }
+
+    /// `peer` was caught without `shard`: it counts as missing, and the repairer looks.
+    pub fn mark_lost(&self, shard: ShardId, peer: PeerId) {
+        let mut lost = self.lost.lock();
+        if lost.len() < MAX_LOST {
+            lost.insert((shard, peer));
+        }
+        drop(lost);
+        self.repair_kick.notify_one();
+    }
+
+    /// A repair replaced `holder`'s copy of `shard`.
+    pub fn forget_lost(&self, shard: &ShardId, holder: &[u8]) {
+        if let Ok(peer) = PeerId::from_bytes(holder) {
+            self.lost.lock().remove(&(*shard, peer));
+        }
     }
 }
 
@@ -102,10 +169,15 @@ impl Pool {
             kick: Notify::new(),
             stopping: Default::default(),
             failed: Default::default(),
+            lost: Default::default(),
+            repair_kick: Notify::new(),
+            started: std::time::SystemTime::now(),
+            repaired_shards: Default::default(),
         });
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),
             rt.spawn(release::run(shared.clone())),
+            rt.spawn(repair::run(shared.clone())),
             rt.spawn(keep_cache(shared.clone())),
         ];
         let pool = Arc::new(Pool {
@@ -123,6 +195,7 @@ impl Pool {
             .stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.kick.notify_waiters();
+        self.shared.repair_kick.notify_waiters();
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -164,6 +237,13 @@ impl Remote for Pool {
                 .insert(id, (std::time::Instant::now(), connects, why.clone()));
         }
         r
+    }
+
+    fn holder_live(&self, shard: &crate::meta::placement::ShardPlace) -> bool {
+        shard
+            .holder
+            .as_deref()
+            .is_some_and(|h| self.shared.holder_live(h, &shard.id))
     }
 
     fn can_place(&self) -> bool {

@@ -48,7 +48,8 @@ fn volume_report(paths: &Paths) -> Result<StatusReport> {
         let hex = id.to_hex();
         blocks_dir.join(&hex[..2]).join(hex)
     };
-    let redundancy = tx.redundancy(|id| path_of(id).exists())?;
+    // Offline nothing says a holder went away: every placed shard counts.
+    let redundancy = tx.redundancy(|id| path_of(id).exists(), |_| true)?;
     let (pending_blocks, pending_bytes, oldest) = tx.upload_totals()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,8 +7,9 @@
 //!   the *upload queue*. Written in the same transaction
 //!   that first records the block, so a committed block is never forgotten by the uploader
 //!   (after a crash too); removed once every shard is placed, or when the block is collected.
-//! - `05 ‖ id` → [`Placement`]: the *release queue*: a collected block's shards, to be
-//!   released on their holders.
+//! - `05 ‖ id` → shards to release on their holders (the *release queue*): a collected
+//!   block's shards, or the surplus copies a repair replaced (on peers that went silent).
+//!   Version 1 rows are a [`Placement`]; version 2 a plain list ([`encode_release`]).
 
 use redb::ReadableTable;
 
@@ -106,16 +107,67 @@ impl Placement {
     }
 }
 
+const RELEASE_LIST: u8 = 2;
+
+/// A release row: `02 ‖ (shard id (32) ‖ holder length u8 ‖ holder)*`.
+pub fn encode_release(shards: &[ShardPlace]) -> Vec<u8> {
+    let mut v = vec![RELEASE_LIST];
+    for s in shards {
+        let Some(h) = &s.holder else { continue };
+        v.extend_from_slice(&s.id.0);
+        v.push(h.len() as u8);
+        v.extend_from_slice(h);
+    }
+    v
+}
+
+/// The shards of a release row (either version), with their holders.
+pub fn decode_release(b: &[u8]) -> std::result::Result<Vec<ShardPlace>, DecodeError> {
+    match b.first() {
+        Some(&VERSION) => Ok(Placement::decode(b)?
+            .shards
+            .into_iter()
+            .filter(|s| s.holder.is_some())
+            .collect()),
+        Some(&RELEASE_LIST) => {
+            let bad = || DecodeError {
+                what: "release list",
+                version: RELEASE_LIST,
+            };
+            let mut rest = &b[1..];
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let (id, r) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
+                let (&hl, r) = r.split_first().ok_or_else(bad)?;
+                let hl = hl as usize;
+                if hl == 0 || r.len() < hl {
+                    return Err(bad());
+                }
+                out.push(ShardPlace {
+                    id: ShardId(*id),
+                    holder: Some(r[..hl].to_vec()),
+                });
+                rest = &r[hl..];
+            }
+            Ok(out)
+        }
+        v => Err(DecodeError {
+            what: "release list",
+            version: v.copied().unwrap_or(0),
+        }),
+    }
+}
+
 /// Blocks by how well the pool holds them (see `volume::remote`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Redundancy {
-    /// Every shard placed.
+    /// Every shard placed on a live holder.
     pub full: u64,
-    /// At least `data` shards placed, not all.
+    /// At least `data` shards on live holders, not all.
     pub degraded: u64,
-    /// Fewer than `data` shards placed, but the block is on this machine.
+    /// Fewer than `data` shards on live holders, but the block is on this machine.
     pub local_only: u64,
-    /// Fewer than `data` shards placed and not on this machine: unreadable.
+    /// Fewer than `data` shards on live holders and not on this machine: unreadable now.
     pub lost: u64,
 }
 
@@ -193,10 +245,31 @@ macro_rules! impl_placement_reads {
                     .collect())
             }
 
-            /// Up to `limit` collected blocks whose shards are to be released.
-            pub fn release_queue(&self, limit: usize) -> Result<Vec<(BlockId, Placement)>> {
+            /// Up to `limit` blocks with shards to release, and those shards. A shard a
+            /// block's current placement names on the same holder is left out (a repair may
+            /// have put it back there): releasing it would delete a live copy.
+            pub fn release_queue(&self, limit: usize) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
                 let t = db!(self.txn.open_table(BLOCKS));
-                range(&t, keys::RELEASE, None, limit)?
+                let mut out = Vec::new();
+                for (id, v) in range(&t, keys::RELEASE, None, limit)? {
+                    let mut shards = decode_release(&v)?;
+                    if let Some(p) = db!(t.get(&keys::block(keys::PLACEMENT, &id)[..])) {
+                        let p = Placement::decode(p.value())?;
+                        shards.retain(|s| !p.shards.contains(s));
+                    }
+                    out.push((id, shards));
+                }
+                Ok(out)
+            }
+
+            /// Up to `limit` placements, in block id order after `after`.
+            pub fn placements(
+                &self,
+                after: Option<&BlockId>,
+                limit: usize,
+            ) -> Result<Vec<(BlockId, Placement)>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                range(&t, keys::PLACEMENT, after, limit)?
                     .into_iter()
                     .map(|(id, v)| Ok((id, Placement::decode(&v)?)))
                     .collect()
@@ -235,10 +308,12 @@ macro_rules! impl_placement_reads {
             }
 
             /// Every block's redundancy; `local(id)` says whether its sealed bytes are on
-            /// this machine (inline blocks always are).
+            /// this machine (inline blocks always are), `live(shard)` whether a placed shard's
+            /// holder still counts.
             pub fn redundancy(
                 &self,
                 mut local: impl FnMut(&BlockId) -> bool,
+                mut live: impl FnMut(&ShardPlace) -> bool,
             ) -> Result<Redundancy> {
                 let t = db!(self.txn.open_table(BLOCKS));
                 let mut r = Redundancy::default();
@@ -251,9 +326,14 @@ macro_rules! impl_placement_reads {
                         Some(v) => Some(Placement::decode(v.value())?),
                         None => None,
                     };
-                    let placed = p.as_ref().map_or(0, |p| p.placed());
+                    let placed = p.as_ref().map_or(0, |p| {
+                        p.shards
+                            .iter()
+                            .filter(|s| s.holder.is_some() && live(s))
+                            .count()
+                    });
                     let data = p.as_ref().map_or(usize::MAX, |p| p.data as usize);
-                    if p.as_ref().is_some_and(|p| p.is_full()) {
+                    if p.as_ref().is_some_and(|p| placed == p.shards.len()) {
                         r.full += 1;
                     } else if placed >= data {
                         r.degraded += 1;
@@ -289,9 +369,55 @@ impl WriteTx {
             }
         } else {
             db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
-            db!(t.insert(&keys::block(keys::RELEASE, id)[..], &p.encode()[..]));
+            drop(t);
+            self.add_release(id, &p.shards)?;
         }
         Ok(live)
+    }
+
+    /// Records a repaired placement of a live block, and the copies it replaced for
+    /// release. If the block was freed meanwhile, every shard goes to the release queue.
+    /// Returns whether the block is still live.
+    pub fn set_repair(
+        &mut self,
+        id: &BlockId,
+        p: &Placement,
+        surplus: &[ShardPlace],
+    ) -> Result<bool> {
+        let live = {
+            let mut t = db!(self.txn.open_table(BLOCKS));
+            let live = db!(t.get(&keys::block(keys::PLACEMENT, id)[..])).is_some()
+                && db!(t.get(&keys::block(keys::RECORD, id)[..])).is_some();
+            if live {
+                db!(t.insert(&keys::block(keys::PLACEMENT, id)[..], &p.encode()[..]));
+            }
+            live
+        };
+        self.add_release(id, surplus)?;
+        if !live {
+            self.add_release(id, &p.shards)?;
+        }
+        Ok(live)
+    }
+
+    /// Adds shards (those with a holder) to `id`'s release row, keeping what it had.
+    pub fn add_release(&mut self, id: &BlockId, shards: &[ShardPlace]) -> Result<()> {
+        if !shards.iter().any(|s| s.holder.is_some()) {
+            return Ok(());
+        }
+        let mut t = db!(self.txn.open_table(BLOCKS));
+        let key = keys::block(keys::RELEASE, id);
+        let mut all = match db!(t.get(&key[..])) {
+            Some(v) => decode_release(v.value())?,
+            None => Vec::new(),
+        };
+        for s in shards.iter().filter(|s| s.holder.is_some()) {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        db!(t.insert(&key[..], &encode_release(&all)[..]));
+        Ok(())
     }
 
     /// Puts `id` in the upload queue (a block recorded before the pool existed, or whose
@@ -313,8 +439,9 @@ impl WriteTx {
         let mut t = db!(self.txn.open_table(BLOCKS));
         db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
         let p = db!(t.remove(&keys::block(keys::PLACEMENT, id)[..])).map(|g| g.value().to_vec());
+        drop(t);
         if let Some(p) = p {
-            db!(t.insert(&keys::block(keys::RELEASE, id)[..], &p[..]));
+            self.add_release(id, &Placement::decode(&p)?.shards)?;
         }
         Ok(())
     }
@@ -382,5 +509,40 @@ mod tests {
         let mut longer = e.clone();
         longer.push(0);
         assert!(Placement::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn release_lists_round_trip_and_read_placements() {
+        let shards: Vec<ShardPlace> = (1..4)
+            .map(|i| ShardPlace {
+                id: ShardId([i; 32]),
+                holder: Some(vec![i; 38]),
+            })
+            .collect();
+        let e = encode_release(&shards);
+        assert_eq!(decode_release(&e).unwrap(), shards);
+        for cut in 1..e.len() {
+            if !(e.len() - cut).is_multiple_of(71) {
+                assert!(decode_release(&e[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let p = Placement {
+            data: 2,
+            parity: 1,
+            shard_len: 10,
+            shards: vec![
+                shards[0].clone(),
+                ShardPlace {
+                    id: ShardId([9; 32]),
+                    holder: None,
+                },
+                shards[2].clone(),
+            ],
+        };
+        assert_eq!(
+            decode_release(&p.encode()).unwrap(),
+            vec![shards[0].clone(), shards[2].clone()]
+        );
+        assert!(decode_release(&[7]).is_err());
     }
 }

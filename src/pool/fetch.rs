@@ -120,6 +120,7 @@ pub(super) async fn fetch(
                     Ok(_) => {
                         tracing::warn!(target: "bitcloud::pool", %peer, block = %id.short(), shard = i, "a peer served a shard with wrong bytes");
                         peers.with(peer, |s| s.bad_shards += 1);
+                        shared.mark_lost(placement.shards[i].id, peer);
                         failures.push(format!("{peer}: wrong bytes"));
                         if let Some(x) = next.pop_front() {
                             ask(&mut running, x);
@@ -138,6 +139,7 @@ pub(super) async fn fetch(
                             // It was given this shard and no longer has it.
                             tracing::warn!(target: "bitcloud::pool", %peer, block = %id.short(), shard = i, "a peer lost a shard it stored for us");
                             peers.with(peer, |s| s.lost_shards += 1);
+                            shared.mark_lost(placement.shards[i].id, peer);
                         }
                         failures.push(format!("{}: {}", short_peer(&peer), brief(&e.to_string())));
                         if let Some(x) = next.pop_front() {

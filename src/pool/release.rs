@@ -40,12 +40,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn release(shared: &Shared, batch: Vec<(BlockId, crate::meta::placement::Placement)>) {
+async fn release(shared: &Shared, batch: Vec<(BlockId, Vec<crate::meta::placement::ShardPlace>)>) {
     // Per holder: the shards to release, and the blocks they belong to.
     let mut by_peer: HashMap<PeerId, Vec<(ShardId, BlockId)>> = HashMap::new();
     let mut unreadable_holders: Vec<BlockId> = Vec::new();
-    for (block, p) in &batch {
-        for s in &p.shards {
+    for (block, shards) in &batch {
+        for s in shards {
             let Some(h) = &s.holder else { continue };
             match PeerId::from_bytes(h) {
                 Ok(peer) => by_peer.entry(peer).or_default().push((s.id, *block)),

@@ -17,7 +17,7 @@ use super::{Result, Volume, VolumeError};
 use crate::ids::{BlockId, InodeNo};
 use crate::meta::Reader;
 use crate::meta::codec::BlockRecord;
-use crate::meta::placement::{Placement, Redundancy};
+use crate::meta::placement::{Placement, Redundancy, ShardPlace};
 use crate::store::StoreError;
 
 /// Fetches blocks from the pool. Implemented by `pool::Pool`; blocking, bounded in time.
@@ -36,6 +36,10 @@ pub trait Remote: Send + Sync {
 
     /// Some peer can take shards now: queued blocks are on their way, not only local.
     fn can_place(&self) -> bool;
+
+    /// Whether a placed shard still counts: its holder answers (or has been silent less
+    /// than the repair grace period) and has not lost or corrupted it.
+    fn holder_live(&self, shard: &ShardPlace) -> bool;
 }
 
 /// The erasure scheme of a volume made without `--shards`: 4 data + 4 parity shards (any 4
@@ -77,6 +81,14 @@ pub struct UploadJob {
     pub placement: Option<Placement>,
     /// The scheme to use when nothing is placed yet.
     pub scheme: (u8, u8),
+}
+
+/// A fully placed block the repairer rebuilds shards of.
+pub struct RepairJob {
+    pub placement: Placement,
+    /// The sealed bytes, when they are on this machine (else fetched from the pool).
+    pub sealed: Option<Vec<u8>>,
+    pub sealed_len: u32,
 }
 
 /// The pool side of `status`.
@@ -206,9 +218,71 @@ impl Volume {
         Ok(live)
     }
 
-    /// Collected blocks whose shards are to be released.
-    pub fn release_batch(&self, limit: usize) -> Result<Vec<(BlockId, Placement)>> {
+    /// Blocks with shards to release (collected, or replaced by a repair), and the shards.
+    pub fn release_batch(&self, limit: usize) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
         Ok(self.meta.read()?.release_queue(limit)?)
+    }
+
+    /// Up to `limit` placements in block id order after `after` (the repairer's walk).
+    pub fn placements(
+        &self,
+        after: Option<&BlockId>,
+        limit: usize,
+    ) -> Result<Vec<(BlockId, Placement)>> {
+        Ok(self.meta.read()?.placements(after, limit)?)
+    }
+
+    /// A live, fully placed block to repair, with its sealed bytes if they are here; `None`
+    /// if it was freed or is still in the upload queue.
+    pub fn repair_job(&self, id: &BlockId) -> Result<Option<RepairJob>> {
+        let tx = self.meta.read()?;
+        let (Some(record), Some(placement)) = (tx.block_record(id)?, tx.placement(id)?) else {
+            return Ok(None);
+        };
+        if tx.is_queued(id)? {
+            return Ok(None);
+        }
+        let sealed = match tx.inline_block(id)? {
+            Some(b) => Some(b),
+            None => match self.store.get(id) {
+                Ok(b) => Some(b),
+                Err(StoreError::Missing(_)) => None,
+                Err(e) => {
+                    tracing::warn!(target: "bitcloud::volume", block = %id.short(), error = %e, "the local copy of a block to repair is unreadable; rebuilding from the pool");
+                    None
+                }
+            },
+        };
+        Ok(Some(RepairJob {
+            placement,
+            sealed,
+            sealed_len: record.sealed_len,
+        }))
+    }
+
+    /// Records a repaired placement and queues the replaced copies for release. Returns
+    /// whether the block is still live.
+    pub fn record_repair(
+        &self,
+        id: &BlockId,
+        p: &Placement,
+        surplus: Vec<ShardPlace>,
+    ) -> Result<bool> {
+        let mut tx = self.meta.write()?;
+        let live = tx.set_repair(id, p, &surplus)?;
+        tx.commit()?;
+        self.mark_dirty();
+        Ok(live)
+    }
+
+    /// Whether a placed shard counts (always, without a pool: nothing says otherwise).
+    fn shard_live(&self, remote: Option<&Arc<dyn Remote>>, s: &ShardPlace) -> bool {
+        s.holder.is_some() && remote.is_none_or(|r| r.holder_live(s))
+    }
+
+    /// Every shard of `p` is placed on a live holder.
+    fn fully_live(&self, remote: Option<&Arc<dyn Remote>>, p: &Placement) -> bool {
+        p.shards.iter().all(|s| self.shard_live(remote, s))
     }
 
     /// Forgets released blocks.
@@ -239,8 +313,12 @@ impl Volume {
 
     /// Redundancy, upload queue and cache figures.
     pub fn remote_status(&self) -> Result<RemoteStatus> {
+        let remote = self.remote.remote.read().clone();
         let tx = self.meta.read()?;
-        let redundancy = tx.redundancy(|id| self.store.contains(id))?;
+        let redundancy = tx.redundancy(
+            |id| self.store.contains(id),
+            |s| self.shard_live(remote.as_ref(), s),
+        )?;
         let (pending_blocks, pending_bytes, oldest) = tx.upload_totals()?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -272,10 +350,14 @@ impl Volume {
         }
         let candidates = self.store.by_last_use();
         let mut evictable = Vec::new();
+        let remote = self.remote.remote.read().clone();
         {
             let tx = self.meta.read()?;
             for (id, len) in candidates {
-                let full = tx.placement(&id)?.is_some_and(|p| p.is_full()) && !tx.is_queued(&id)?;
+                let full = tx
+                    .placement(&id)?
+                    .is_some_and(|p| p.is_full() && self.fully_live(remote.as_ref(), &p))
+                    && !tx.is_queued(&id)?;
                 if full {
                     evictable.push((id, len));
                 } else if tx.block_record(&id)?.is_some() {
@@ -378,19 +460,22 @@ impl Volume {
         if !self.has_remote() {
             return Ok(FileState::Local);
         }
-        let can_place = self
-            .remote
-            .remote
-            .read()
-            .as_ref()
-            .is_some_and(|r| r.can_place());
+        let remote = self.remote.remote.read().clone();
+        let can_place = remote.as_ref().is_some_and(|r| r.can_place());
         let tx = self.meta.read()?;
         let slots = tx.slots_in(ino, 0, u64::MAX)?;
         let mut state = FileState::Redundant;
         for (_, id, _) in slots {
-            let s = match tx.placement(&id)? {
-                Some(p) if p.is_full() => FileState::Redundant,
-                Some(p) if p.placed() >= p.data as usize => FileState::Degraded,
+            let placement = tx.placement(&id)?;
+            let live = placement.as_ref().map_or(0, |p| {
+                p.shards
+                    .iter()
+                    .filter(|s| self.shard_live(remote.as_ref(), s))
+                    .count()
+            });
+            let s = match placement {
+                Some(p) if live == p.shards.len() => FileState::Redundant,
+                Some(p) if live >= p.data as usize => FileState::Degraded,
                 _ if can_place && tx.is_queued(&id)? => FileState::Uploading,
                 _ => FileState::Local,
             };

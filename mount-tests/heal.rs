@@ -1,0 +1,76 @@
+//! Self-healing, end to end: a mount and eight real `bitcloud node`s. Nodes stopped for good
+//! have their shards rebuilt on the others with no user action (from the pool alone: the
+//! local cache is dropped first), and a node that comes back gives up its surplus copies.
+
+use crate::harness::{Mount, sh};
+use crate::nodes::*;
+
+/// How many shards of ours the peer `id` holds, by the mount's `status`.
+fn shards_on(m: &Mount, id: &str) -> Option<u64> {
+    let s = status(&m.home)?;
+    Some(
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id)
+            .map_or(0, |p| n(p, "/our_shards")),
+    )
+}
+
+#[test]
+fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
+    let root = test_root("bitcloud-heal");
+    let mut nodes = start_nodes(root.path(), 8);
+    // 4+2 on 8 hosts: with 2 of them gone for good, 6 remain for the 6 shards of a block.
+    let (home, mnt) = new_volume(root.path(), "4+2", &nodes);
+    edit_config(
+        &home,
+        "repair_interval_secs = 300",
+        "repair_interval_secs = 1",
+    );
+    edit_config(&home, "repair_grace_secs = 3600", "repair_grace_secs = 3");
+    let mut m = Mount::existing(root.path(), &home, &mnt);
+    wait_for("eight storage peers", || {
+        (connected_peers(&m) == 8).then_some(())
+    });
+    sh(
+        &mnt,
+        "mkdir d && for i in $(seq 1 20); do head -c $((i * 50000)) /dev/urandom > d/f$i; done \
+         && head -c 33554432 /dev/urandom > big && sync",
+    );
+    let before = sums(&mnt);
+    wait_full_redundancy(&m);
+    // Nothing stays on this machine: repairs must rebuild from shards.
+    drop_caches(&m);
+
+    // Stop m = 2 nodes for good.
+    let gone: Vec<String> = nodes[..2].iter().map(|n| n.id()).collect();
+    for id in &gone {
+        assert!(shards_on(&m, id).unwrap() > 0, "{id} holds shards");
+    }
+    nodes[0].stop();
+    nodes[1].stop();
+    // Without any user action, every shard they held is rebuilt elsewhere...
+    wait_for("the lost nodes' shards rebuilt elsewhere", || {
+        gone.iter()
+            .all(|id| shards_on(&m, id) == Some(0))
+            .then_some(())
+    });
+    // ... and the volume is back at full redundancy, every file as it was.
+    wait_full_redundancy(&m);
+    let s = status(&m.home).unwrap();
+    assert_eq!(n(&s, "/redundancy/degraded"), 0, "{s}");
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before, "read back after the repair");
+
+    // A node that comes back gives up the copies that were rebuilt elsewhere.
+    nodes[0].start();
+    wait_for("the returning node's surplus released", || {
+        let s = status(&nodes[0].home)?;
+        (n(&s, "/store/used_bytes") == 0).then_some(())
+    });
+    assert_eq!(shards_on(&m, &gone[0]), Some(0));
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before);
+    m.stop();
+}
