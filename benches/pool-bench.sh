@@ -15,6 +15,8 @@
 #   POOL_RUNS      runs, median reported (default 3)
 #   POOL_SHARDS    the volume's scheme (default 3+3: the default for pools of six, docs/pool.md)
 #   POOL_OUT       also write the report to this file
+#   POOL_PERF      write a CPU profile (perf record, cpu-clock) of the mount and the nodes during
+#                  the first upload to this file
 #
 # Method (each run: bitcloud, then Tahoe, then bindfs, on a fresh random file; MB = 10^6 bytes):
 #   upload     a mount and 6 `bitcloud node`s on 127.0.0.2-7 (each its own failure domain). The
@@ -93,6 +95,8 @@ now() { date +%s.%N; }
 mbps() { "$PY" -c "import sys; print('%.1f' % (int(sys.argv[1]) * 1048576 / 1e6 / float(sys.argv[2])))" "$MB" "$1"; }
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+secs() { "$PY" -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / $(getconf CLK_TCK)))" "$1" "$2"; }
 
 say "setting up under $DIR"
 rm -rf "$DIR"; mkdir -p "$DIR" "$MNT" "$PLAIN" "$BMNT"
@@ -128,10 +132,6 @@ if [[ $BINDFS == 1 ]]; then
     bindfs "$PLAIN" "$BMNT"
 fi
 
-redundant() {
-    [[ $(json "$HOME_DIR" /upload/pending_blocks) == 0 && $(json "$HOME_DIR" /redundancy/degraded) == 0 \
-        && $(json "$HOME_DIR" /redundancy/local_only) == 0 ]]
-}
 declare -A R
 for run in $(seq 1 "$RUNS"); do
     src=$DIR/src.bin
@@ -139,11 +139,37 @@ for run in $(seq 1 "$RUNS"); do
     sum=$(sha256sum "$src" | cut -d' ' -f1)
     cold
 
+    m0=$(ticks "$MOUNT_PID"); n0=$(ticks "${NODE_PIDS[@]}")
+    if [[ -n ${POOL_PERF:-} ]]; then # a CPU profile of the upload: POOL_PERF=file
+        perf record -q -F 499 -e cpu-clock -g -o "$POOL_PERF" \
+            -p "$(IFS=,; echo "$MOUNT_PID,${NODE_PIDS[*]}")" -- sleep 8 >/dev/null 2>&1 &
+        PERF_PID=$!
+        sleep 0.5
+    fi
     t0=$(now)
     dd if="$src" of="$MNT/f$run" bs=1M conv=fsync status=none
     t1=$(now)
-    wait_until "full redundancy" 600 redundant
+    # One poller on the control socket (a `bitcloud status` per poll would cost CPU the
+    # upload needs).
+    "$PY" - "$HOME_DIR/run/control.sock" <<'POLL' || die "timed out waiting for full redundancy"
+import json, socket, sys, time
+end = time.time() + 600
+while time.time() < end:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b"status\n")
+    r = json.loads(s.makefile().readline())
+    s.close()
+    red, up = r.get("redundancy", {}), r.get("upload", {})
+    if up.get("pending_blocks") == 0 and red.get("degraded") == 0 and red.get("local_only") == 0:
+        sys.exit(0)
+    time.sleep(0.02)
+sys.exit(1)
+POLL
     t2=$(now)
+    m1=$(ticks "$MOUNT_PID"); n1=$(ticks "${NODE_PIDS[@]}")
+    [[ -n ${POOL_PERF:-} ]] && wait "$PERF_PID"
+    R[cpu,$run]="mount $(secs "$m0" "$m1") s, nodes $(secs "$n0" "$n1") s CPU"
     R[local,$run]=$(mbps "$("$PY" -c "print($t1 - $t0)")")
     R[up,$run]=$(mbps "$("$PY" -c "print($t2 - $t0)")")
     "$BIN" --home "$HOME_DIR" cache drop >/dev/null
@@ -151,7 +177,7 @@ for run in $(seq 1 "$RUNS"); do
     t0=$(now); cat "$MNT/f$run" >/dev/null; t1=$(now)
     R[get,$run]=$(mbps "$("$PY" -c "print($t1 - $t0)")")
     [[ $(sha256sum "$MNT/f$run" | cut -d' ' -f1) == "$sum" ]] || die "run $run: the file read back from the pool differs"
-    say "run $run bitcloud: local $(printf %s "${R[local,$run]}") MB/s, to the pool ${R[up,$run]} MB/s, cold pool read ${R[get,$run]} MB/s"
+    say "run $run bitcloud: local ${R[local,$run]} MB/s, to the pool ${R[up,$run]} MB/s (${R[cpu,$run]}), cold pool read ${R[get,$run]} MB/s"
 
     if [[ $TAHOE == 1 ]]; then
         cold

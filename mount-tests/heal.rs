@@ -74,3 +74,84 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
     assert_eq!(sums(&mnt), before);
     m.stop();
 }
+
+/// The shard files a node holds.
+fn shard_files(node: &Node) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(node.home.join("data/shards/shards")) {
+        for d in dirs.flatten() {
+            if let Ok(files) = std::fs::read_dir(d.path()) {
+                out.extend(files.flatten().map(|f| f.path()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
+    let root = test_root("bitcloud-audit");
+    let nodes = start_nodes(root.path(), 8);
+    let (home, mnt) = new_volume(root.path(), "4+2", &nodes);
+    // Audits every second; no periodic repair walk: only the failed audit can start it.
+    edit_config(
+        &home,
+        "audit_interval_secs = 600",
+        "audit_interval_secs = 1",
+    );
+    edit_config(
+        &home,
+        "repair_interval_secs = 300",
+        "repair_interval_secs = 86400",
+    );
+    let mut m = Mount::existing(root.path(), &home, &mnt);
+    wait_for("eight storage peers", || {
+        (connected_peers(&m) == 8).then_some(())
+    });
+    // One block: each round audits one of its six shards.
+    sh(&mnt, "head -c 1000000 /dev/urandom > one && sync");
+    let before = sums(&mnt);
+    wait_full_redundancy(&m);
+    drop_caches(&m);
+
+    // Delete the last 10 % of one node's shard file.
+    let victim = nodes
+        .iter()
+        .find(|n| !shard_files(n).is_empty())
+        .expect("a node holds a shard");
+    let file = shard_files(victim).remove(0);
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - len / 10)
+        .unwrap();
+    let id = victim.id();
+    assert_eq!(shards_on(&m, &id), Some(1));
+
+    // An audit finds it, and the shard is rebuilt on another node.
+    wait_for("a failed audit", || {
+        let s = status(&m.home)?;
+        let p = s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id.as_str())?;
+        (n(p, "/audits_failed") >= 1).then_some(())
+    });
+    wait_for("the shard rebuilt elsewhere", || {
+        (shards_on(&m, &id) == Some(0)).then_some(())
+    });
+    wait_full_redundancy(&m);
+    let s = status(&m.home).unwrap();
+    let passed: u64 = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| n(p, "/audits_passed"))
+        .sum();
+    assert!(passed > 0, "honest holders pass their audits: {s}");
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before);
+    m.stop();
+}

@@ -117,6 +117,36 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
         .map(|p| n(p, "/lost_shards") + n(p, "/bad_shards"))
         .unwrap();
     assert!(scored > 0, "the damaged node was not scored down: {s}");
+    let score = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == victim.as_str())
+        .and_then(|p| p["score"].as_f64())
+        .unwrap();
+    assert!(score < 0.5, "a node that lost every shard is banned: {s}");
+    // Its disk is replaced: a fresh node (new identity) on the same host takes its shards.
+    nodes[4].stop();
+    nodes[4] = Node {
+        home: root.path().join("node4-new"),
+        ip: nodes[4].ip.clone(),
+        port: 0,
+        child: None,
+        frozen: false,
+    };
+    nodes[4].start();
+    let out = bitcloud(&home, &["peers", "add", &nodes[4].addr()]);
+    assert!(out.status.success());
+    wait_full_redundancy(&m);
+    wait_for("the fresh node holds the rebuilt shards", || {
+        let s = status(&m.home)?;
+        let id = nodes[4].id();
+        let p = s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id.as_str())?;
+        (n(p, "/our_shards") > 100).then_some(())
+    });
 
     // Freeze every node: writes still succeed locally, the mount answers while 16 cold reads
     // wait for the pool, and uploads finish once the nodes run again.

@@ -164,6 +164,8 @@ pub struct PoolConfig {
     pub repair_grace_secs: u64,
     /// Live shards above K below which a block is repaired; unset: M (any missing shard).
     pub repair_margin: Option<u8>,
+    /// Seconds between rounds of audits (holders prove they keep random shards).
+    pub audit_interval_secs: u64,
 }
 
 impl Default for PoolConfig {
@@ -175,6 +177,7 @@ impl Default for PoolConfig {
             repair_interval_secs: 300,
             repair_grace_secs: 3600,
             repair_margin: None,
+            audit_interval_secs: 600,
         }
     }
 }
@@ -288,6 +291,9 @@ repair_grace_secs = 3600
 # A block is repaired when fewer than K + repair_margin of its shards are live. Unset: M,
 # i.e. as soon as any shard is missing past the grace period (docs/pool.md).
 # repair_margin = 2
+# Seconds between rounds of audits: each round, 16 random shards' holders prove they still
+# have 32 random 1 KiB chunks of them (about 1 MiB of proofs per round).
+audit_interval_secs = 600
 
 [cache]
 # Most space for block files on this machine (e.g. \"20G\"); unset: no limit. Only blocks the
@@ -381,6 +387,7 @@ impl Config {
         check_pool("sync_timeout_secs", p.sync_timeout_secs, 1, 86400)?;
         check_pool("repair_interval_secs", p.repair_interval_secs, 1, 86400)?;
         check_pool("repair_grace_secs", p.repair_grace_secs, 1, 30 * 86400)?;
+        check_pool("audit_interval_secs", p.audit_interval_secs, 1, 86400)?;
         if p.repair_margin == Some(0) {
             return Err((
                 "repair_margin",

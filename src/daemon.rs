@@ -180,6 +180,7 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
             repair_interval: Duration::from_secs(req.config.pool.repair_interval_secs),
             repair_grace: Duration::from_secs(req.config.pool.repair_grace_secs),
             repair_margin: req.config.pool.repair_margin,
+            audit_interval: Duration::from_secs(req.config.pool.audit_interval_secs),
             ..Default::default()
         },
     );

@@ -19,6 +19,7 @@ pub mod client;
 pub mod key;
 pub mod peers;
 pub mod placement;
+pub mod proof;
 pub mod protocol;
 pub mod server;
 pub mod shard_store;

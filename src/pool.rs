@@ -11,11 +11,13 @@
 //! - [`release`]: shards of collected blocks (and copies a repair replaced) are released on
 //!   their holders.
 //! - [`repair`]: blocks short of live shards get the missing ones rebuilt on new peers.
+//! - [`audit`]: holders prove possession of random chunks of random shards.
 //! - the cache keeper: evicts fully placed blocks beyond `cache.size`.
 //!
 //! Everything runs on the node's tokio runtime; the volume calls in through
 //! [`Remote`](crate::volume::remote::Remote), from its own threads.
 
+pub mod audit;
 pub mod fetch;
 pub mod release;
 pub mod repair;
@@ -47,6 +49,8 @@ pub struct PoolConfig {
     pub repair_grace: Duration,
     /// Live shards above `k` below which a block is repaired; `None`: `m` (any lost shard).
     pub repair_margin: Option<u8>,
+    /// How often a round of audits runs.
+    pub audit_interval: Duration,
 }
 
 impl Default for PoolConfig {
@@ -57,6 +61,7 @@ impl Default for PoolConfig {
             repair_interval: repair::DEFAULT_INTERVAL,
             repair_grace: repair::DEFAULT_GRACE,
             repair_margin: None,
+            audit_interval: audit::DEFAULT_INTERVAL,
         }
     }
 }
@@ -103,8 +108,9 @@ impl Shared {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether `holder` still counts for `shard`: it was not caught without it, and it
-    /// answers now, or was last heard from (or this pool started) within the grace period.
+    /// Whether `holder` still counts for `shard`: it was not caught without it, is not
+    /// banned, and answers now, or was last heard from (or this pool started) within the
+    /// grace period.
     pub fn holder_live(&self, holder: &[u8], shard: &ShardId) -> bool {
         let Ok(peer) = PeerId::from_bytes(holder) else {
             return false;
@@ -113,6 +119,9 @@ impl Shared {
             return false;
         }
         let state = self.node.peers.get(&peer);
+        if state.as_ref().is_some_and(|s| s.banned()) {
+            return false;
+        }
         if state
             .as_ref()
             .is_some_and(|s| s.connected && s.failing == 0)
@@ -178,6 +187,7 @@ impl Pool {
             rt.spawn(upload::run(shared.clone())),
             rt.spawn(release::run(shared.clone())),
             rt.spawn(repair::run(shared.clone())),
+            rt.spawn(audit::run(shared.clone())),
             rt.spawn(keep_cache(shared.clone())),
         ];
         let pool = Arc::new(Pool {

@@ -141,6 +141,9 @@ pub fn peer_reports(
             bad_shards: s.bad_shards,
             lost_shards: s.lost_shards,
             bad_messages: s.bad_messages,
+            score: s.score(),
+            audits_passed: s.audits_passed,
+            audits_failed: s.audits_failed,
         })
         .collect()
 }

@@ -132,6 +132,13 @@ pub struct PeerReport {
     #[serde(default)]
     pub lost_shards: u64,
     pub bad_messages: u64,
+    /// Reputation in (0, 1] (docs/pool.md); below 0.5 the peer is banned.
+    #[serde(default)]
+    pub score: f64,
+    #[serde(default)]
+    pub audits_passed: u64,
+    #[serde(default)]
+    pub audits_failed: u64,
 }
 
 /// The shards this machine stores for others.
@@ -345,10 +352,20 @@ pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreRepo
             p.addresses.first().map(String::as_str).unwrap_or("-"),
             human(p.offered_bytes.saturating_sub(p.used_bytes)),
             p.our_shards,
-            if p.bad_shards + p.lost_shards > 0 {
-                format!(" BAD {} LOST {}", p.bad_shards, p.lost_shards)
-            } else {
-                String::new()
+            {
+                let mut extra = format!(
+                    " score {:.2} audits {}/{}",
+                    p.score,
+                    p.audits_passed,
+                    p.audits_passed + p.audits_failed
+                );
+                if p.bad_shards + p.lost_shards > 0 {
+                    extra.push_str(&format!(" BAD {} LOST {}", p.bad_shards, p.lost_shards));
+                }
+                if p.score < crate::node::peers::BANNED_BELOW {
+                    extra.push_str(" BANNED");
+                }
+                extra
             }
         ));
     }

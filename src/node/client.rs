@@ -207,6 +207,43 @@ impl Client {
         self.note(peer, r)
     }
 
+    /// Asks `peer` to prove it holds `chunks` of shard `id` (of `len` bytes) and checks the
+    /// proof against the id: `Ok(true)` passed, `Ok(false)` a proof that does not verify,
+    /// `Err(NotFound)` it says it has no such shard.
+    pub async fn audit(
+        &self,
+        peer: PeerId,
+        id: ShardId,
+        len: u32,
+        chunks: Vec<u32>,
+    ) -> Result<bool, ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::Audit {
+                id,
+                chunks: chunks.clone(),
+            };
+            let (resp, mut s) = self.ask(peer, &req, None).await?;
+            match resp {
+                Response::Proof { len: n } => {
+                    let proof = wire::read_body(&mut s, n).await?;
+                    let ok = tokio::task::spawn_blocking(move || {
+                        super::proof::verify(&id, len, &chunks, &proof)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    Ok(ok)
+                }
+                Response::NotFound => Err(ClientError::NotFound),
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                Response::Unsupported => Err(ClientError::Protocol("audits unsupported".into())),
+                other => Err(ClientError::Protocol(format!("{other:?} to an audit"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
     /// Asks `peer` for its space and records it.
     pub async fn info(&self, peer: PeerId) -> Result<(u64, u64), ClientError> {
         let _slot = self.slot(peer).await;

@@ -39,6 +39,12 @@ pub struct PeerState {
     pub lost_shards: u64,
     /// Malformed or unexpected messages it sent.
     pub bad_messages: u64,
+    /// Shards it served with the right bytes.
+    pub good_shards: u64,
+    /// Audits it passed, and failed (no shard, or a proof that does not verify; a timeout
+    /// counts only when the retry times out too).
+    pub audits_passed: u64,
+    pub audits_failed: u64,
 }
 
 impl PeerState {
@@ -59,6 +65,9 @@ impl PeerState {
             bad_shards: 0,
             lost_shards: 0,
             bad_messages: 0,
+            good_shards: 0,
+            audits_passed: 0,
+            audits_failed: 0,
         }
     }
 
@@ -87,16 +96,38 @@ impl PeerState {
         )
     }
 
-    /// A weight for placement: free space, halved for each shard it served wrong or lost (a
-    /// peer that loses or alters data gets ever fewer shards), zero if it offers nothing.
+    /// Reputation in (0, 1]: 1 for a new peer; every failure (an audit failed, a shard
+    /// served wrong or lost) weighs as much as ten successes (audits passed, shards served
+    /// right), so a disk that lost a few of many shards keeps its place and a peer that
+    /// lies or lost most of what it held falls below [`BANNED_BELOW`].
+    pub fn score(&self) -> f64 {
+        let good = 1.0 + (self.audits_passed + self.good_shards) as f64;
+        let bad = (self.audits_failed + self.bad_shards + self.lost_shards) as f64;
+        good / (good + 10.0 * bad)
+    }
+
+    /// Below [`BANNED_BELOW`]: given no shards, and the shards it holds count as lost.
+    pub fn banned(&self) -> bool {
+        self.score() < BANNED_BELOW
+    }
+
+    /// A weight for placement: free space scaled by the score, zero if it offers nothing,
+    /// does not answer, or is banned.
     pub fn weight(&self) -> f64 {
-        if !self.shard_protocol || !self.connected || self.failing >= 3 || self.free() == 0 {
+        if !self.shard_protocol
+            || !self.connected
+            || self.failing >= 3
+            || self.free() == 0
+            || self.banned()
+        {
             return 0.0;
         }
-        (self.free() as f64 / (1u64 << 30) as f64).max(1e-6)
-            / 2f64.powi((self.bad_shards + self.lost_shards).min(60) as i32)
+        (self.free() as f64 / (1u64 << 30) as f64).max(1e-6) * self.score()
     }
 }
+
+/// Peers scoring below this get no shards and their shards are rebuilt elsewhere.
+pub const BANNED_BELOW: f64 = 0.5;
 
 /// The table of peers.
 #[derive(Default)]

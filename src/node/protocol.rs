@@ -8,7 +8,7 @@
 //! their frame and may not exceed [`MAX_SHARD`]. Anything else is a protocol error: the
 //! stream is dropped and the peer is charged for it.
 //!
-//! Kinds not yet used (audit and lease messages of the self-healing work) are reserved:
+//! Kinds not yet used (lease messages of the self-healing work) are reserved:
 //! an older node answers them with `Response::Unsupported`, so asking never breaks a pool.
 
 use crate::ids::ShardId;
@@ -35,6 +35,9 @@ pub enum Request {
     Release { ids: Vec<ShardId> },
     /// Space offered and used.
     Info,
+    /// Prove possession of these 1 KiB chunks of the asker's shard (at most
+    /// [`MAX_AUDIT_CHUNKS`](super::proof::MAX_AUDIT_CHUNKS), in increasing order).
+    Audit { id: ShardId, chunks: Vec<u32> },
 }
 
 /// Why a node refused a `Put`.
@@ -115,6 +118,10 @@ pub enum Response {
         used: u64,
         used_by_asker: u64,
     },
+    /// A proof of storage follows (`len` bytes, at most [`MAX_PROOF`](super::proof::MAX_PROOF)).
+    Proof {
+        len: u32,
+    },
     /// A kind this node does not know.
     Unsupported,
 }
@@ -129,7 +136,8 @@ const REQ_GET: u8 = 2;
 const REQ_HAS: u8 = 3;
 const REQ_RELEASE: u8 = 4;
 const REQ_INFO: u8 = 5;
-// 6..=15: audit and lease messages (reserved).
+const REQ_AUDIT: u8 = 6;
+// 7..=15: lease messages (reserved).
 
 const RSP_STORED: u8 = 1;
 const RSP_REFUSED: u8 = 2;
@@ -139,6 +147,7 @@ const RSP_HAVE: u8 = 5;
 const RSP_RELEASED: u8 = 6;
 const RSP_INFO: u8 = 7;
 const RSP_UNSUPPORTED: u8 = 8;
+const RSP_PROOF: u8 = 9;
 
 fn frame(kind: u8, fields: &[u8]) -> Vec<u8> {
     let len = (2 + fields.len()) as u32;
@@ -212,6 +221,14 @@ impl Request {
             Request::Has { ids } => frame(REQ_HAS, &ids_field(ids)),
             Request::Release { ids } => frame(REQ_RELEASE, &ids_field(ids)),
             Request::Info => frame(REQ_INFO, &[]),
+            Request::Audit { id, chunks } => {
+                let mut f = id.0.to_vec();
+                f.extend_from_slice(&(chunks.len() as u16).to_be_bytes());
+                for c in chunks {
+                    f.extend_from_slice(&c.to_be_bytes());
+                }
+                frame(REQ_AUDIT, &f)
+            }
         }
     }
 
@@ -235,7 +252,28 @@ impl Request {
             REQ_RELEASE => Request::Release { ids: take_ids(f)? },
             REQ_INFO if f.is_empty() => Request::Info,
             REQ_INFO => return Err(FrameError("info fields")),
-            6..=15 => return Ok(None),
+            REQ_AUDIT => {
+                if f.len() < 34 {
+                    return Err(FrameError("audit fields"));
+                }
+                let n = u16::from_be_bytes([f[32], f[33]]) as usize;
+                let rest = &f[34..];
+                if n == 0 || n > super::proof::MAX_AUDIT_CHUNKS || rest.len() != n * 4 {
+                    return Err(FrameError("audit chunks"));
+                }
+                let chunks: Vec<u32> = rest
+                    .chunks_exact(4)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                if chunks.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(FrameError("audit chunks out of order"));
+                }
+                Request::Audit {
+                    id: take_id(&f[..32])?,
+                    chunks,
+                }
+            }
+            7..=15 => return Ok(None),
             _ => return Err(FrameError("unknown request kind")),
         }))
     }
@@ -262,6 +300,7 @@ impl Response {
                 frame(RSP_INFO, &f)
             }
             Response::Unsupported => frame(RSP_UNSUPPORTED, &[]),
+            Response::Proof { len } => frame(RSP_PROOF, &len.to_be_bytes()),
         }
     }
 
@@ -297,6 +336,13 @@ impl Response {
                 }
             }
             RSP_UNSUPPORTED if f.is_empty() => Response::Unsupported,
+            RSP_PROOF => {
+                let len = u32_of(f)?;
+                if len > super::proof::MAX_PROOF {
+                    return Err(FrameError("proof too large"));
+                }
+                Response::Proof { len }
+            }
             _ => return Err(FrameError("unknown or malformed response")),
         })
     }
@@ -341,6 +387,10 @@ mod tests {
             },
             Request::Release { ids: vec![] },
             Request::Info,
+            Request::Audit {
+                id,
+                chunks: vec![0, 5, 300],
+            },
         ] {
             assert_eq!(Request::decode(body(&r.encode())).unwrap(), Some(r));
         }
@@ -357,6 +407,7 @@ mod tests {
                 used_by_asker: 3,
             },
             Response::Unsupported,
+            Response::Proof { len: 4000 },
         ] {
             assert_eq!(Response::decode(body(&r.encode())).unwrap(), r);
         }
@@ -408,6 +459,16 @@ mod tests {
             ids.clone().prop_map(|ids| Request::Has { ids }.encode()),
             ids.prop_map(|ids| Request::Release { ids }.encode()),
             Just(Request::Info.encode()),
+            (
+                id.clone(),
+                proptest::collection::btree_set(any::<u32>(), 1..64)
+            )
+                .prop_map(|(id, c)| Request::Audit {
+                    id,
+                    chunks: c.into_iter().collect()
+                }
+                .encode()),
+            any::<u32>().prop_map(|len| Response::Proof { len }.encode()),
             (1u8..=5).prop_map(|c| Response::Refused(Refusal::from_code(c).unwrap()).encode()),
             any::<u32>().prop_map(|len| Response::Shard { len }.encode()),
             proptest::collection::vec(any::<u8>(), 0..200)

@@ -142,6 +142,39 @@ async fn handle(
             }))
             .await
         }
+        (Request::Audit { .. }, None) => Response::NotFound,
+        (Request::Audit { id, chunks }, Some(store)) => {
+            // The asker's own copy, verified whole (a damaged copy is quarantined and
+            // reported missing), then the chunks asked for with their Merkle paths.
+            let proved = tokio::task::spawn_blocking(move || {
+                if !store.has(&owner, &[id]).first().copied().unwrap_or(false) {
+                    return Ok(None);
+                }
+                match store.get(&id)? {
+                    Some(bytes) => Ok(Some(super::proof::prove(&bytes, &chunks))),
+                    None => Ok(None),
+                }
+            })
+            .await;
+            match proved {
+                Ok(Ok(Some(Ok(proof)))) => {
+                    wire::write_all(stream, &Response::Proof { len: proof.len() as u32 }.encode())
+                        .await?;
+                    wire::write_all(stream, &proof).await?;
+                    return wire::close(stream).await;
+                }
+                Ok(Ok(Some(Err(e)))) => {
+                    tracing::warn!(target: "bitcloud::node", error = %e, "cannot prove a shard");
+                    Response::NotFound
+                }
+                Ok(Ok(None)) => Response::NotFound,
+                Ok(Err::<_, super::shard_store::ShardStoreError>(e)) => {
+                    tracing::error!(target: "bitcloud::node", error = %e, "reading a shard to audit failed");
+                    Response::NotFound
+                }
+                Err(_) => Response::Refused(Refusal::Busy),
+            }
+        }
         (Request::Info, store) => Response::Info {
             offered: store.as_ref().map_or(0, |s| s.offered()),
             used: store.as_ref().map_or(0, |s| s.used()),

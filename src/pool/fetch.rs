@@ -112,6 +112,7 @@ pub(super) async fn fetch(
                     Ok(bytes) if bytes.len() == placement.shard_len as usize
                         && erasure::shard_id(&bytes) == placement.shards[i].id =>
                     {
+                        peers.with(peer, |s| s.good_shards += 1);
                         if got[i].is_none() {
                             got[i] = Some(bytes);
                             good += 1;

@@ -13,8 +13,8 @@
 //! domains the block does not use yet; the replaced holders' copies go to the release queue,
 //! released if that peer ever answers again (a node that comes back gives up its surplus).
 //! A block that cannot be brought up (too few peers for its scheme) stays degraded and is
-//! tried again only when the pool has more candidates than when it got stuck: repair
-//! settles instead of fighting forever.
+//! tried again only when the pool has more candidates than when it got stuck (which starts
+//! a walk at once): repair settles instead of fighting forever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ const WALK_BATCH: usize = 1024;
 const IN_FLIGHT: usize = 2;
 /// Most blocks repaired per round (the rest wait for the next): bounds repair traffic.
 const PER_ROUND: usize = 512;
+/// How often the checker looks whether a walk is due.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What became of one block.
 enum Outcome {
@@ -50,12 +52,26 @@ enum Outcome {
 pub(super) async fn run(shared: Arc<Shared>) {
     // Blocks that could not be brought up, with the candidates there were then.
     let mut stuck: HashMap<BlockId, usize> = HashMap::new();
+    let mut last_walk = tokio::time::Instant::now();
+    // The last walk found more than one round's worth: the next one starts soon.
+    let mut more = false;
     loop {
-        let every = shared.config.repair_interval;
-        let _ = tokio::time::timeout(every, shared.repair_kick.notified()).await;
+        // Walk when the interval is up, when a fetch or audit found a lost shard, or when
+        // the pool grew while some blocks were stuck for want of peers.
+        let kicked = tokio::time::timeout(LOOK_EVERY, shared.repair_kick.notified())
+            .await
+            .is_ok();
         if shared.stopping() {
             return;
         }
+        let grew = !stuck.is_empty() && {
+            let peers = upload::candidates(&shared).len();
+            stuck.values().any(|&was| peers > was)
+        };
+        if !kicked && !grew && !more && last_walk.elapsed() < shared.config.repair_interval {
+            continue;
+        }
+        last_walk = tokio::time::Instant::now();
         let Some(volume) = shared.volume.upgrade() else {
             return;
         };
@@ -64,6 +80,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Some(t) => t,
             None => return,
         };
+        more = false;
         if todo.is_empty() {
             stuck.clear();
             continue;
@@ -71,6 +88,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let peers_now = upload::candidates(&shared).len();
         todo.retain(|(_, id)| stuck.get(id).is_none_or(|&c| peers_now > c));
         todo.sort();
+        more = todo.len() > PER_ROUND;
         todo.truncate(PER_ROUND);
         if !todo.is_empty() {
             tracing::info!(target: "bitcloud::pool", blocks = todo.len(), most_endangered_live = todo[0].0, "repairing blocks short of shards");

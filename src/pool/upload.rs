@@ -8,7 +8,7 @@
 //! with backoff, at once when a new peer shows up. Everything the queue holds survives a
 //! restart or kill -9: the queue and the placements are rows of the volume's database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,12 +38,22 @@ enum Outcome {
     Gone,
 }
 
-/// Runs until the pool stops or the volume goes.
+/// Runs until the pool stops or the volume goes. Uploads stay in flight across reads of the
+/// queue: a new block starts as soon as one finishes, never after a whole batch.
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut retry: HashMap<BlockId, (Instant, Duration)> = HashMap::new();
+    let mut running: JoinSet<(BlockId, Outcome)> = JoinSet::new();
+    let mut in_flight: HashSet<BlockId> = HashSet::new();
     let mut cursor: Option<BlockId> = None;
     let mut known_peers = 0usize;
+    let most = shared.config.uploads_in_flight.max(1);
     loop {
+        while let Some(r) = running.try_join_next() {
+            if let Ok((id, outcome)) = r {
+                in_flight.remove(&id);
+                settle(&mut retry, id, outcome);
+            }
+        }
         if shared.stopping() {
             return;
         }
@@ -58,7 +68,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
         known_peers = peers;
         if peers == 0 {
             drop(volume);
-            nap(&shared, IDLE).await;
+            wait_one(&shared, &mut running, &mut in_flight, &mut retry, IDLE).await;
+            continue;
+        }
+        if running.len() >= most {
+            drop(volume);
+            wait_one(&shared, &mut running, &mut in_flight, &mut retry, IDLE).await;
             continue;
         }
         let after = cursor;
@@ -74,47 +89,79 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Err(_) => return,
         };
         let end_of_queue = ids.len() < BATCH;
-        cursor = if end_of_queue {
-            None
-        } else {
-            ids.last().copied()
-        };
         let now = Instant::now();
-        let due: Vec<BlockId> = ids
-            .into_iter()
-            .filter(|id| retry.get(id).is_none_or(|(at, _)| *at <= now))
-            .collect();
-        if due.is_empty() {
-            if end_of_queue {
-                let next = retry.values().map(|(at, _)| *at).min();
-                let wait = next.map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
-                nap(&shared, wait.max(Duration::from_millis(50))).await;
+        let mut started = 0usize;
+        let mut last_seen = None;
+        for id in ids {
+            if running.len() >= most {
+                break;
             }
-            continue;
-        }
-        tracing::debug!(target: "bitcloud::pool", blocks = due.len(), peers, "uploading");
-        let mut set = JoinSet::new();
-        for id in due {
-            while set.len() >= shared.config.uploads_in_flight.max(1) {
-                if let Some(Ok((id, outcome))) = set.join_next().await {
-                    settle(&mut retry, id, outcome);
-                }
+            last_seen = Some(id);
+            if in_flight.contains(&id) || retry.get(&id).is_some_and(|(at, _)| *at > now) {
+                continue;
             }
+            in_flight.insert(id);
+            started += 1;
             let s = shared.clone();
-            set.spawn(async move {
+            running.spawn(async move {
                 let outcome = upload_one(&s, id).await;
                 (id, outcome)
             });
         }
-        while let Some(r) = set.join_next().await {
-            if let Ok((id, outcome)) = r {
-                settle(&mut retry, id, outcome);
-            }
+        // Go on from the last row looked at; from the start once the end was reached.
+        cursor = if end_of_queue && running.len() < most {
+            None
+        } else {
+            last_seen.or(cursor)
+        };
+        if started > 0 {
+            tracing::debug!(target: "bitcloud::pool", started, in_flight = running.len(), peers, "uploading");
+        }
+        if started == 0 && (end_of_queue || running.len() >= most) {
+            // Nothing more to start now: wait for an upload to finish, a kick, or the next
+            // retry to fall due.
+            let next = retry
+                .values()
+                .map(|(at, _)| *at)
+                .filter(|at| *at > now)
+                .min();
+            let wait = next.map_or(IDLE, |at| at.saturating_duration_since(now).min(IDLE));
+            wait_one(
+                &shared,
+                &mut running,
+                &mut in_flight,
+                &mut retry,
+                wait.max(Duration::from_millis(50)),
+            )
+            .await;
         }
         // Forget backoffs of blocks long gone from the queue.
         if retry.len() > 100_000 {
             retry.retain(|_, (at, _)| *at > now);
         }
+    }
+}
+
+/// Waits until an upload finishes (and settles it), a kick comes, or `most` passes.
+async fn wait_one(
+    shared: &Shared,
+    running: &mut JoinSet<(BlockId, Outcome)>,
+    in_flight: &mut HashSet<BlockId>,
+    retry: &mut HashMap<BlockId, (Instant, Duration)>,
+    most: Duration,
+) {
+    if running.is_empty() {
+        nap(shared, most).await;
+        return;
+    }
+    tokio::select! {
+        r = running.join_next() => {
+            if let Some(Ok((id, outcome))) = r {
+                in_flight.remove(&id);
+                settle(retry, id, outcome);
+            }
+        }
+        _ = nap(shared, most) => {}
     }
 }
 
