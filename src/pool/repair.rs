@@ -13,8 +13,8 @@
 //! domains the block does not use yet; the replaced holders' copies go to the release queue,
 //! released if that peer ever answers again (a node that comes back gives up its surplus).
 //! A block that cannot be brought up (too few peers for its scheme) stays degraded and is
-//! tried again only when the pool has more candidates than when it got stuck (which starts
-//! a walk at once): repair settles instead of fighting forever.
+//! tried again only when the set of candidate peers changes (which starts a walk at once):
+//! repair settles instead of fighting forever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,94 +35,164 @@ const WALK_BATCH: usize = 1024;
 const IN_FLIGHT: usize = 2;
 /// Most blocks repaired per round (the rest wait for the next): bounds repair traffic.
 const PER_ROUND: usize = 512;
+/// The first retry of a block whose repair failed for a passing reason.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
 /// How often the checker looks whether a walk is due.
-const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// What became of one block.
 enum Outcome {
     /// Every missing shard is back (or none was missing).
     Repaired,
-    /// Some could not be rebuilt or placed now.
+    /// No peer in a free failure domain can take the missing shards: the pool is too small
+    /// for the block's scheme. Tried again when the pool grows.
     Short,
+    /// Something failed that may work later (a put refused or timed out, too few shards
+    /// reachable to rebuild from): tried again with backoff.
+    Retry,
     /// The block is gone (freed) or not the checker's business (still uploading).
     Gone,
 }
 
+/// What the checker remembers between walks.
+#[derive(Default)]
+struct Memory {
+    /// Blocks the pool is too small for, with the set of candidates there was then.
+    stuck: HashMap<BlockId, u64>,
+    /// Blocks to try again, when, and the backoff so far.
+    backoff: HashMap<BlockId, (tokio::time::Instant, Duration)>,
+}
+
+impl Memory {
+    fn settle(&mut self, id: BlockId, o: Outcome, peers: u64, most: Duration) {
+        match o {
+            Outcome::Repaired | Outcome::Gone => {
+                self.stuck.remove(&id);
+                self.backoff.remove(&id);
+            }
+            Outcome::Short => {
+                self.backoff.remove(&id);
+                self.stuck.insert(id, peers);
+            }
+            Outcome::Retry => {
+                let wait = self
+                    .backoff
+                    .get(&id)
+                    .map_or(FIRST_RETRY, |(_, b)| (*b * 2).min(most.max(FIRST_RETRY)));
+                self.backoff
+                    .insert(id, (tokio::time::Instant::now() + wait, wait));
+            }
+        }
+    }
+
+    /// Whether `id` may be tried now.
+    fn may_try(&self, id: &BlockId, peers: u64, now: tokio::time::Instant) -> bool {
+        self.stuck.get(id).is_none_or(|&c| peers != c)
+            && self.backoff.get(id).is_none_or(|(at, _)| *at <= now)
+    }
+}
+
 /// Runs until the pool stops or the volume goes.
 pub(super) async fn run(shared: Arc<Shared>) {
-    // Blocks that could not be brought up, with the candidates there were then.
-    let mut stuck: HashMap<BlockId, usize> = HashMap::new();
+    let mut memory = Memory::default();
     let mut last_walk = tokio::time::Instant::now();
     // The last walk found more than one round's worth: the next one starts soon.
     let mut more = false;
     loop {
-        // Walk when the interval is up, when a fetch or audit found a lost shard, or when
-        // the pool grew while some blocks were stuck for want of peers.
+        // Walk when the interval is up, when a fetch or audit found a lost shard, when the
+        // pool grew while some blocks were stuck for want of peers, or when a retry is due.
         let kicked = tokio::time::timeout(LOOK_EVERY, shared.repair_kick.notified())
             .await
             .is_ok();
         if shared.stopping() {
             return;
         }
-        let grew = !stuck.is_empty() && {
-            let peers = upload::candidates(&shared).len();
-            stuck.values().any(|&was| peers > was)
+        let now = tokio::time::Instant::now();
+        let grew = !memory.stuck.is_empty() && {
+            let peers = candidate_set(&shared);
+            memory.stuck.values().any(|&was| peers != was)
         };
-        if !kicked && !grew && !more && last_walk.elapsed() < shared.config.repair_interval {
+        let retry_due = memory.backoff.values().any(|(at, _)| *at <= now);
+        if !kicked
+            && !grew
+            && !more
+            && !retry_due
+            && last_walk.elapsed() < shared.config.repair_interval
+        {
             continue;
         }
-        last_walk = tokio::time::Instant::now();
-        let Some(volume) = shared.volume.upgrade() else {
-            return;
-        };
-        drop(volume);
+        last_walk = now;
         let mut todo = match walk(&shared).await {
             Some(t) => t,
             None => return,
         };
         more = false;
         if todo.is_empty() {
-            stuck.clear();
+            memory = Memory::default();
             continue;
         }
-        let peers_now = upload::candidates(&shared).len();
-        todo.retain(|(_, id)| stuck.get(id).is_none_or(|&c| peers_now > c));
+        // Forget blocks that no longer need anything.
+        let due: std::collections::HashSet<BlockId> = todo.iter().map(|(_, id)| *id).collect();
+        memory.stuck.retain(|id, _| due.contains(id));
+        memory.backoff.retain(|id, _| due.contains(id));
+        let peers_now = candidate_set(&shared);
+        let now = tokio::time::Instant::now();
+        let before = todo.len();
+        todo.retain(|(_, id)| memory.may_try(id, peers_now, now));
+        tracing::debug!(target: "bitcloud::pool", due = before, now = todo.len(), stuck = memory.stuck.len(), backoff = memory.backoff.len(), "repair walk");
         todo.sort();
         more = todo.len() > PER_ROUND;
         todo.truncate(PER_ROUND);
         if !todo.is_empty() {
             tracing::info!(target: "bitcloud::pool", blocks = todo.len(), most_endangered_live = todo[0].0, "repairing blocks short of shards");
         }
+        let most = shared.config.repair_interval;
         let mut set = JoinSet::new();
         for (_, id) in todo {
             while set.len() >= IN_FLIGHT {
                 if let Some(Ok((id, o))) = set.join_next().await {
-                    settle(&mut stuck, id, o, peers_now);
+                    memory.settle(id, o, peers_now, most);
                 }
             }
             if shared.stopping() {
                 return;
             }
             let s = shared.clone();
-            set.spawn(async move { (id, repair_one(&s, id).await) });
+            set.spawn(async move {
+                // Never let one block hold the repairer: every step inside is bounded, and
+                // this bounds their sum.
+                let most = s.config.read_timeout * 2 + Duration::from_secs(60);
+                match tokio::time::timeout(most, repair_one(&s, id)).await {
+                    Ok(o) => (id, o),
+                    Err(_) => {
+                        tracing::warn!(target: "bitcloud::pool", block = %id.short(), "a repair took too long; trying again later");
+                        (id, Outcome::Retry)
+                    }
+                }
+            });
         }
         while let Some(r) = set.join_next().await {
             if let Ok((id, o)) = r {
-                settle(&mut stuck, id, o, peers_now);
+                memory.settle(id, o, peers_now, most);
             }
         }
     }
 }
 
-fn settle(stuck: &mut HashMap<BlockId, usize>, id: BlockId, o: Outcome, peers: usize) {
-    match o {
-        Outcome::Repaired | Outcome::Gone => {
-            stuck.remove(&id);
-        }
-        Outcome::Short => {
-            stuck.insert(id, peers);
-        }
+/// Which peers may take shards now, as one number: a stuck block is tried again when it
+/// changes (a peer joined, came back, or got room), not only when the count grows.
+fn candidate_set(shared: &Shared) -> u64 {
+    let mut ids: Vec<Vec<u8>> = upload::candidates(shared)
+        .into_iter()
+        .map(|(p, _)| p.to_bytes())
+        .collect();
+    ids.sort();
+    let mut h = blake3::Hasher::new();
+    for id in &ids {
+        h.update(&(id.len() as u32).to_le_bytes());
+        h.update(id);
     }
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Every fully placed block below its repair threshold: (live shards, id).
@@ -184,10 +254,13 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
     };
     let job = match tokio::task::spawn_blocking(move || volume.repair_job(&id)).await {
         Ok(Ok(Some(job))) => job,
-        Ok(Ok(None)) | Err(_) => return Outcome::Gone,
+        Ok(Ok(None)) | Err(_) => {
+            tracing::debug!(target: "bitcloud::pool", block = %id.short(), "not repairing: freed, or still in the upload queue");
+            return Outcome::Gone;
+        }
         Ok(Err(e)) => {
             tracing::warn!(target: "bitcloud::pool", block = %id.short(), error = %e, "cannot read a block to repair");
-            return Outcome::Short;
+            return Outcome::Retry;
         }
     };
     let mut p = job.placement;
@@ -224,6 +297,7 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
         .collect();
     let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
     let chosen = rank(&shared.rendezvous_key(&id), &cands, missing.len());
+    let too_few_domains = chosen.len() < missing.len();
     if chosen.is_empty() {
         tracing::debug!(target: "bitcloud::pool", block = %id.short(), missing = missing.len(), "no peer can take a rebuilt shard now");
         return Outcome::Short;
@@ -235,7 +309,7 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
             Ok(s) => s,
             Err(why) => {
                 tracing::warn!(target: "bitcloud::pool", block = %id.short(), why, "cannot read a block to repair it");
-                return Outcome::Short;
+                return Outcome::Retry;
             }
         },
     };
@@ -246,8 +320,9 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
     let mut shards =
         match tokio::task::spawn_blocking(move || erasure::encode(scheme, &sealed)).await {
             Ok(Ok(s)) => s,
-            _ => return Outcome::Short,
+            _ => return Outcome::Retry,
         };
+    let chosen_count = chosen.len();
     let mut puts = JoinSet::new();
     for (&i, ci) in missing.iter().zip(chosen) {
         let bytes = std::mem::take(&mut shards[i]);
@@ -285,7 +360,7 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
         }
     }
     if rebuilt == 0 {
-        return Outcome::Short;
+        return Outcome::Retry;
     }
     let Some(volume) = shared.volume.upgrade() else {
         return Outcome::Gone;
@@ -300,14 +375,16 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
                 .fetch_add(rebuilt as u64, std::sync::atomic::Ordering::Relaxed);
             if full {
                 Outcome::Repaired
-            } else {
+            } else if too_few_domains && rebuilt == chosen_count {
                 Outcome::Short
+            } else {
+                Outcome::Retry
             }
         }
         Ok(Ok(false)) => Outcome::Gone,
         Ok(Err(e)) => {
             tracing::error!(target: "bitcloud::pool", block = %id.short(), error = %e, "recording a repair failed");
-            Outcome::Short
+            Outcome::Retry
         }
         Err(_) => Outcome::Gone,
     }
