@@ -134,6 +134,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Space this machine stores for others ("0": none; "50G", ...).
     pub offer: String,
+    /// Most of the offer one owner may use, in percent (1-100).
+    pub offer_per_owner_percent: u8,
 }
 
 impl Default for NodeConfig {
@@ -143,6 +145,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             offer: "0".into(),
+            offer_per_owner_percent: 50,
         }
     }
 }
@@ -273,6 +276,9 @@ bootstrap = []
 mdns = true
 # Space this machine stores for others (\"0\": none; e.g. \"50G\").
 offer = \"0\"
+# Most of that one owner (one peer) may use, in percent: one volume cannot take a node's
+# whole offer unless this says 100.
+offer_per_owner_percent = 50
 
 [pool]
 # Erasure scheme for blocks placed from now on, K+M (any K of K+M shards rebuild a block).
@@ -372,6 +378,15 @@ impl Config {
         }
         crate::units::parse_bytes(&self.node.offer)
             .map_err(|e| ("offer", format!("node.offer: {e}")))?;
+        if !(1..=100).contains(&self.node.offer_per_owner_percent) {
+            return Err((
+                "offer_per_owner_percent",
+                format!(
+                    "node.offer_per_owner_percent = {} is out of range 1..=100",
+                    self.node.offer_per_owner_percent
+                ),
+            ));
+        }
         if let Some(s) = &self.pool.shards {
             parse_shards(s).map_err(|e| ("shards", format!("pool.shards: {e}")))?;
         }

@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Where to keep shards for others, and how many bytes to offer; `None` stores nothing.
     pub store: Option<(PathBuf, u64)>,
+    /// Most one owner may store here: a share of the offer (0 < share <= 1).
+    pub owner_share: f64,
 }
 
 /// The default listen addresses.
@@ -135,9 +137,13 @@ impl Node {
         let mut swarm = behaviour::swarm(key, config.mdns)
             .map_err(|e| anyhow!("building the libp2p node: {e}"))?;
         let store = match &config.store {
-            Some((dir, offer)) => Some(Arc::new(
-                ShardStore::open(dir, *offer).context("opening the shard store")?,
-            )),
+            Some((dir, offer)) => {
+                let store = ShardStore::open(dir, *offer).context("opening the shard store")?;
+                if config.owner_share < 1.0 {
+                    store.set_per_owner((*offer as f64 * config.owner_share) as u64);
+                }
+                Some(Arc::new(store))
+            }
             None => None,
         };
         let peers = Arc::new(Peers::default());

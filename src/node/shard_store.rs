@@ -75,6 +75,8 @@ struct Index {
 pub struct ShardStore {
     dir: PathBuf,
     offer: std::sync::atomic::AtomicU64,
+    /// Most bytes one owner may hold here (`u64::MAX`: the whole offer).
+    per_owner: std::sync::atomic::AtomicU64,
     index: Mutex<Index>,
 }
 
@@ -124,6 +126,7 @@ impl ShardStore {
         Ok(ShardStore {
             dir: dir.to_path_buf(),
             offer: std::sync::atomic::AtomicU64::new(offer),
+            per_owner: std::sync::atomic::AtomicU64::new(u64::MAX),
             index: Mutex::new(index),
         })
     }
@@ -139,6 +142,17 @@ impl ShardStore {
     /// Bytes offered to the pool.
     pub fn offered(&self) -> u64 {
         self.offer.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Caps what one owner may hold here (so one peer cannot take the whole offer).
+    pub fn set_per_owner(&self, bytes: u64) {
+        self.per_owner
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Most bytes one owner may hold here.
+    pub fn per_owner(&self) -> u64 {
+        self.per_owner.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes held (and being written).
@@ -182,6 +196,11 @@ impl ShardStore {
                 return Ok(PutOutcome::Stored); // already held for this owner
             }
             if ix.used + len > self.offered() {
+                return Ok(PutOutcome::Refused(Refusal::OfferFull));
+            }
+            let owner_used = ix.by_owner.get(&tag).copied().unwrap_or(0);
+            if owner_used + len > self.per_owner() {
+                // This owner's share is used up; others may still store here.
                 return Ok(PutOutcome::Refused(Refusal::OfferFull));
             }
             if free_space(&self.dir).is_some_and(|free| free < len + DISK_MARGIN) {
@@ -423,6 +442,33 @@ mod tests {
         assert_eq!(s.release(b"alice", &[ia, ib]).unwrap(), 1);
         assert!(s.get(&ia).unwrap().is_none());
         assert_eq!(s.used(), 4000);
+    }
+
+    #[test]
+    fn one_owner_cannot_take_more_than_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), 10_000).unwrap();
+        s.set_per_owner(5_000);
+        let shard = |b: u8| {
+            let v = vec![b; 3000];
+            (shard_id(&v), v)
+        };
+        let (i1, s1) = shard(1);
+        let (i2, s2) = shard(2);
+        assert!(matches!(
+            s.put(b"alice", &i1, &s1).unwrap(),
+            PutOutcome::Stored
+        ));
+        assert!(matches!(
+            s.put(b"alice", &i2, &s2).unwrap(),
+            PutOutcome::Refused(Refusal::OfferFull)
+        ));
+        // Another owner still has room.
+        assert!(matches!(
+            s.put(b"bob", &i2, &s2).unwrap(),
+            PutOutcome::Stored
+        ));
+        assert_eq!(s.used_by(b"alice"), 3000);
     }
 
     #[test]

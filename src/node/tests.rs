@@ -13,6 +13,7 @@ async fn node(dir: &std::path::Path, name: &str, offer: Option<u64>) -> Node {
         bootstrap: vec![],
         mdns: false,
         store: offer.map(|o| (dir.join(format!("{name}-shards")), o)),
+        owner_share: 1.0,
     })
     .await
     .unwrap()
