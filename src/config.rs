@@ -136,6 +136,8 @@ pub struct NodeConfig {
     pub offer: String,
     /// Most of the offer one owner may use, in percent (1-100).
     pub offer_per_owner_percent: u8,
+    /// A private pool: the peer ids that may connect (empty: an open pool).
+    pub allow: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -146,6 +148,7 @@ impl Default for NodeConfig {
             mdns: true,
             offer: "0".into(),
             offer_per_owner_percent: 50,
+            allow: Vec::new(),
         }
     }
 }
@@ -279,6 +282,10 @@ offer = \"0\"
 # Most of that one owner (one peer) may use, in percent: one volume cannot take a node's
 # whole offer unless this says 100.
 offer_per_owner_percent = 50
+# A private pool: the peer ids (12D3Koo...) allowed to connect; everyone else is
+# disconnected and gets no answer. Every member lists the others (a node its owners' mounts,
+# a mount its nodes). Empty: an open pool.
+allow = []
 
 [pool]
 # Erasure scheme for blocks placed from now on, K+M (any K of K+M shards rebuild a block).
@@ -378,6 +385,11 @@ impl Config {
         }
         crate::units::parse_bytes(&self.node.offer)
             .map_err(|e| ("offer", format!("node.offer: {e}")))?;
+        for a in &self.node.allow {
+            if a.parse::<libp2p::PeerId>().is_err() {
+                return Err(("allow", format!("node.allow: {a:?} is not a peer id")));
+            }
+        }
         if !(1..=100).contains(&self.node.offer_per_owner_percent) {
             return Err((
                 "offer_per_owner_percent",

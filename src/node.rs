@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub store: Option<(PathBuf, u64)>,
     /// Most one owner may store here: a share of the offer (0 < share <= 1).
     pub owner_share: f64,
+    /// A private pool: only these peers may connect (empty: an open pool).
+    pub allow: Vec<PeerId>,
 }
 
 /// The default listen addresses.
@@ -155,7 +157,14 @@ impl Node {
         for a in &listen {
             tracing::info!(target: "bitcloud::node", address = %a, "listening");
         }
-        tokio::spawn(server::serve(incoming, store.clone(), peers.clone()));
+        let allow: Option<Arc<std::collections::HashSet<PeerId>>> =
+            (!config.allow.is_empty()).then(|| Arc::new(config.allow.iter().copied().collect()));
+        tokio::spawn(server::serve(
+            incoming,
+            store.clone(),
+            peers.clone(),
+            allow.clone(),
+        ));
         let (commands, rx) = mpsc::channel(64);
         let handle = NodeHandle {
             id,
@@ -179,6 +188,7 @@ impl Node {
                 .iter()
                 .map(|a| (a.clone(), Redial::new()))
                 .collect(),
+            allow,
         };
         let task = tokio::spawn(async move { state.run(rx, stop_rx).await });
         Ok(Node {

@@ -71,6 +71,12 @@ pub fn node_config(paths: &Paths, config: &Config, o: &NodeOverrides) -> Result<
         mdns: config.node.mdns && !o.no_mdns,
         store: (offer > 0).then(|| (paths.shard_dir(), offer)),
         owner_share: f64::from(config.node.offer_per_owner_percent) / 100.0,
+        allow: config
+            .node
+            .allow
+            .iter()
+            .filter_map(|a| a.parse().ok()) // checked when the config was read
+            .collect(),
     })
 }
 

@@ -53,6 +53,8 @@ pub(super) struct Loop {
     pub(super) pending_dials: HashMap<ConnectionId, PendingDial>,
     /// Addresses we keep connected (bootstrap, `peers add`, pool peers seen before).
     pub(super) known: HashMap<Multiaddr, Redial>,
+    /// A private pool's members; `None`: an open pool.
+    pub(super) allow: Option<std::sync::Arc<std::collections::HashSet<PeerId>>>,
 }
 
 impl Loop {
@@ -145,6 +147,18 @@ impl Loop {
                 endpoint,
                 ..
             } => {
+                if self.allow.as_ref().is_some_and(|a| !a.contains(&peer_id)) {
+                    // A private pool: whoever is not a member is disconnected at once (the
+                    // server refuses its requests meanwhile).
+                    tracing::info!(target: "bitcloud::node", peer = %peer_id, "refused a peer outside the private pool");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    if let Some((_, Some(reply))) = self.pending_dials.remove(&connection_id) {
+                        let _ = reply.send(Err(format!(
+                            "{peer_id} is not a member of this private pool (node.allow)"
+                        )));
+                    }
+                    return;
+                }
                 self.handle.peers.connected(
                     peer_id,
                     endpoint.get_remote_address(),

@@ -28,10 +28,17 @@ pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     store: Option<Arc<ShardStore>>,
     peers: Arc<Peers>,
+    allow: Option<Arc<std::collections::HashSet<PeerId>>>,
 ) {
     let total = Arc::new(Semaphore::new(TOTAL));
     let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
-    while let Some((peer, mut stream)) = incoming.next().await {
+    while let Some((peer, stream)) = incoming.next().await {
+        if allow.as_ref().is_some_and(|a| !a.contains(&peer)) {
+            // Not a member of this private pool: no answer at all.
+            drop(stream);
+            continue;
+        }
+        let mut stream = stream;
         let sem = per_peer
             .lock()
             .entry(peer)

@@ -7,6 +7,15 @@ use crate::node::protocol::Refusal;
 use crate::pipeline::erasure::shard_id;
 
 async fn node(dir: &std::path::Path, name: &str, offer: Option<u64>) -> Node {
+    node_allowing(dir, name, offer, vec![]).await
+}
+
+async fn node_allowing(
+    dir: &std::path::Path,
+    name: &str,
+    offer: Option<u64>,
+    allow: Vec<PeerId>,
+) -> Node {
     Node::start(NodeConfig {
         key_file: dir.join(format!("{name}.key")),
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -14,6 +23,7 @@ async fn node(dir: &std::path::Path, name: &str, offer: Option<u64>) -> Node {
         mdns: false,
         store: offer.map(|o| (dir.join(format!("{name}-shards")), o)),
         owner_share: 1.0,
+        allow,
     })
     .await
     .unwrap()
@@ -143,4 +153,33 @@ async fn garbage_on_the_shard_protocol_is_dropped_and_counted() {
     e.client.put(s.id, shard_id(&bytes), &bytes).await.unwrap();
     store.stop().await;
     evil.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_pool_serves_its_members_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = node(dir.path(), "alice", None).await;
+    let mallory = node(dir.path(), "mallory", None).await;
+    let (a, m) = (alice.handle(), mallory.handle());
+    let store = node_allowing(dir.path(), "store", Some(10_000), vec![a.id]).await;
+    let s = store.handle();
+    let addr = s.listen_addrs().into_iter().next().unwrap();
+    a.dial(addr.clone()).await.unwrap();
+    until_pool_peer(&a, s.id).await;
+    let bytes = vec![3u8; 1000];
+    let id = shard_id(&bytes);
+    a.client.put(s.id, id, &bytes).await.unwrap();
+
+    // A non-member's connection is closed at once; its requests get nothing.
+    let _ = m.dial(addr).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), m.client.get(s.id, id))
+        .await
+        .expect("the request ends");
+    assert!(got.is_err(), "a non-member read a shard: {got:?}");
+    let put = m.client.put(s.id, shard_id(b"x"), b"x").await;
+    assert!(put.is_err(), "a non-member stored a shard: {put:?}");
+    assert_eq!(s.store.as_ref().unwrap().used(), 1000);
+    assert!(!s.peers.get(&m.id).is_some_and(|p| p.connected));
+    // The member is served as before.
+    assert_eq!(a.client.get(s.id, id).await.unwrap(), bytes);
 }
