@@ -2,7 +2,7 @@
 //! have their shards rebuilt on the others with no user action (from the pool alone: the
 //! local cache is dropped first), and a node that comes back gives up its surplus copies.
 
-use crate::harness::{Mount, sh};
+use crate::harness::{Mount, bitcloud, sh};
 use crate::nodes::*;
 
 /// How many shards of ours the peer `id` holds, by the mount's `status`.
@@ -154,6 +154,49 @@ fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
         (passed > 0).then_some(())
     });
     drop_caches(&m);
+    assert_eq!(sums(&mnt), before);
+
+    // A damaged local copy: `fsck --repair` through the mount rebuilds it from the shards.
+    // (After a remount nothing is in memory: the read fetches the block into a local file.)
+    m.remount();
+    wait_for("eight storage peers again", || {
+        (connected_peers(&m) == 8).then_some(())
+    });
+    sh(&mnt, "cat one > /dev/null");
+    let blocks = home.join("data/volume/blocks");
+    let local: Vec<std::path::PathBuf> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name() != "tmp")
+        .flat_map(|d| {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|f| f.path())
+        })
+        .collect();
+    assert_eq!(local.len(), 1, "the block read back is cached: {local:?}");
+    let mut bytes = std::fs::read(&local[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&local[0], bytes).unwrap();
+    let out = bitcloud(&home, &["fsck", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "fsck finds the damage");
+    let out = bitcloud(&home, &["fsck", "--repair", "--json"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("rebuilt from the pool"), "{said}");
+    let out = bitcloud(&home, &["fsck"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     assert_eq!(sums(&mnt), before);
     m.stop();
 }

@@ -14,8 +14,9 @@
 //! Repairs: stray block files are deleted (also while mounted: under the same pins lock that
 //! guards garbage collection). Metadata repairs (refcounts, link counts, dangling entries and
 //! slots) are made only when the volume is not mounted (`online == false`), in one write
-//! transaction. Damaged or missing data cannot be repaired from this machine alone: the
-//! report names the affected files. With the nodepool, repair will rebuild them from shards.
+//! transaction. Through a mount with a pool, `--repair` rebuilds a damaged local block
+//! from its shards. Data the pool does not hold cannot be repaired from this machine alone:
+//! the report names the affected files.
 
 mod report;
 mod reserved;
@@ -427,6 +428,25 @@ impl Checker<'_> {
                 continue;
             }
             let p = self.problem(kind, format!("block {}: {why}", id.short()), vec![]);
+            // Through a mount with a pool, --repair rebuilds the local copy from the shards
+            // and checks it again.
+            if self.opts.repair && self.vol.has_remote() {
+                let restored = self
+                    .vol
+                    .restore_from_pool(id, r)
+                    .and_then(|()| check_block(self.vol, true, id, r).map_err(|(_, why)| why));
+                match restored {
+                    Ok(()) => {
+                        self.report.problems[p].repaired = true;
+                        self.report.problems[p]
+                            .detail
+                            .push_str(" (rebuilt from the pool)");
+                    }
+                    Err(e) => self.report.problems[p]
+                        .detail
+                        .push_str(&format!(" (not rebuilt from the pool: {e})")),
+                }
+            }
             bad.insert(*id, p);
         }
         if verify {

@@ -424,6 +424,27 @@ impl Volume {
         Ok(sealed)
     }
 
+    /// Replaces a damaged (or missing) local copy of a pool-placed block with the block
+    /// rebuilt from its shards (`fsck --repair` through a mount). The caller checks the
+    /// result as any block.
+    pub(super) fn restore_from_pool(
+        &self,
+        id: &BlockId,
+        record: &BlockRecord,
+    ) -> std::result::Result<(), String> {
+        let placed = self
+            .meta
+            .read()
+            .and_then(|tx| tx.placement(id))
+            .map_err(|e| e.to_string())?
+            .is_some_and(|p| p.placed() >= p.data as usize);
+        if !placed || !self.has_remote() {
+            return Err("the pool holds no copy of it".into());
+        }
+        self.store.delete(id).map_err(|e| e.to_string())?;
+        self.fetch_remote(id, record).map(|_| ())
+    }
+
     /// Whether reading `len` bytes at `offset` of `ino` may have to wait for the pool (some
     /// block of the range is neither buffered, cached, inline nor in a local file).
     pub fn read_needs_pool(&self, ino: InodeNo, offset: u64, len: u64) -> bool {
