@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::PeerId;
 use tokio::task::JoinSet;
 
 use super::{Shared, fetch, upload};
@@ -285,16 +284,7 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
         .filter(|(i, _)| !missing.contains(i))
         .filter_map(|(_, s)| s.holder.clone())
         .collect();
-    let all = upload::candidates(shared);
-    let used_domains: Vec<Vec<u8>> = all
-        .iter()
-        .filter(|(_, c)| live_holders.contains(&c.peer))
-        .map(|(_, c)| c.domain.clone())
-        .collect();
-    let free: Vec<(PeerId, Candidate)> = all
-        .into_iter()
-        .filter(|(_, c)| !live_holders.contains(&c.peer) && !used_domains.contains(&c.domain))
-        .collect();
+    let free = upload::free_candidates(shared, &live_holders);
     let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
     let chosen = rank(&shared.rendezvous_key(&id), &cands, missing.len());
     let too_few_domains = chosen.len() < missing.len();

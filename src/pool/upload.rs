@@ -183,6 +183,20 @@ async fn nap(shared: &Shared, d: Duration) {
     let _ = tokio::time::timeout(d, shared.kick.notified()).await;
 }
 
+/// Candidates outside the peers `holders` and their failure domains: where the missing
+/// shards of a block whose other shards sit on `holders` may go.
+pub(super) fn free_candidates(shared: &Shared, holders: &[Vec<u8>]) -> Vec<(PeerId, Candidate)> {
+    let all = candidates(shared);
+    let used_domains: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|(_, c)| holders.contains(&c.peer))
+        .map(|(_, c)| c.domain.clone())
+        .collect();
+    all.into_iter()
+        .filter(|(_, c)| !holders.contains(&c.peer) && !used_domains.contains(&c.domain))
+        .collect()
+}
+
 /// Peers that may receive shards now, as placement candidates.
 pub(super) fn candidates(shared: &Shared) -> Vec<(PeerId, Candidate)> {
     shared
@@ -275,16 +289,7 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
     if !unplaced.is_empty() {
         // Peers (and hosts) that already hold a shard of this block take no other.
         let holders: Vec<Vec<u8>> = p.shards.iter().filter_map(|s| s.holder.clone()).collect();
-        let all = candidates(shared);
-        let used_domains: Vec<Vec<u8>> = all
-            .iter()
-            .filter(|(_, c)| holders.contains(&c.peer))
-            .map(|(_, c)| c.domain.clone())
-            .collect();
-        let free: Vec<(PeerId, Candidate)> = all
-            .into_iter()
-            .filter(|(_, c)| !holders.contains(&c.peer) && !used_domains.contains(&c.domain))
-            .collect();
+        let free = free_candidates(shared, &holders);
         let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
         let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
         tracing::debug!(target: "bitcloud::pool", block = %id.short(), unplaced = unplaced.len(), candidates = cands.len(), chosen = chosen.len(), "placing shards");
