@@ -200,3 +200,66 @@ fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
     assert_eq!(sums(&mnt), before);
     m.stop();
 }
+
+#[test]
+fn a_node_that_serves_wrong_bytes_is_caught_banned_and_emptied() {
+    let root = test_root("bitcloud-liar");
+    let mut nodes: Vec<Node> = (0..8)
+        .map(|i| Node {
+            home: root.path().join(format!("node{i}")),
+            ip: format!("127.0.0.{}", i + 2),
+            port: 0,
+            child: None,
+            frozen: false,
+            flips: i == 0,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    let liar = nodes[0].id();
+    let (home, mnt) = new_volume(root.path(), "4+2", &nodes);
+    edit_config(
+        &home,
+        "audit_interval_secs = 600",
+        "audit_interval_secs = 1",
+    );
+    let mut m = Mount::existing(root.path(), &home, &mnt);
+    wait_for("eight storage peers", || {
+        (connected_peers(&m) == 8).then_some(())
+    });
+    sh(&mnt, "head -c 16777216 /dev/urandom > f && sync");
+    let before = sums(&mnt);
+    wait_full_redundancy(&m);
+    // Every read goes to the pool (a remount empties the memory caches), the liar among
+    // the holders: not one wrong byte arrives. (Scores live in the mount's memory, so the
+    // rest happens in this one mount.)
+    m.remount();
+    wait_for("eight storage peers again", || {
+        (connected_peers(&m) == 8).then_some(())
+    });
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before, "read back with a lying holder");
+    // Caught by reads and audits: banned, its shards rebuilt on the others...
+    wait_for("the liar banned and emptied", || {
+        let s = status(&m.home)?;
+        let p = s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == liar.as_str())?;
+        (p["score"].as_f64()? < 0.5 && n(p, "/our_shards") == 0).then_some(())
+    });
+    wait_full_redundancy(&m);
+    // ... and it gets no new ones.
+    sh(&mnt, "head -c 8388608 /dev/urandom > g && sync");
+    wait_full_redundancy(&m);
+    assert_eq!(
+        shards_on(&m, &liar),
+        Some(0),
+        "a banned peer got new shards"
+    );
+    let before = sums(&mnt);
+    drop_caches(&m);
+    assert_eq!(sums(&mnt), before);
+    m.stop();
+}

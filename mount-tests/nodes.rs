@@ -16,6 +16,8 @@ pub(crate) struct Node {
     pub port: u16,
     pub child: Option<Child>,
     pub frozen: bool,
+    /// Started as a lying node: it flips a byte of everything it serves.
+    pub flips: bool,
 }
 
 impl Node {
@@ -32,6 +34,10 @@ impl Node {
             .args(["node", "--offer", "4G", "--no-mdns", "--listen"])
             .arg(format!("/ip4/{}/tcp/{}", self.ip, self.port))
             .env_remove("BITCLOUD_LISTEN")
+            .env(
+                "BITCLOUD_FAULT_FLIP_SERVED",
+                if self.flips { "1" } else { "0" },
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -114,6 +120,7 @@ pub(crate) fn start_nodes(root: &Path, count: usize) -> Vec<Node> {
             port: 0,
             child: None,
             frozen: false,
+            flips: false,
         })
         .collect();
     for node in &mut nodes {

@@ -133,6 +133,7 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
         port: 0,
         child: None,
         frozen: false,
+        flips: false,
     };
     nodes[4].start();
     let out = bitcloud(&home, &["peers", "add", &nodes[4].addr()]);

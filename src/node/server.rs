@@ -32,6 +32,7 @@ pub(super) async fn serve(
 ) {
     let total = Arc::new(Semaphore::new(TOTAL));
     let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+    let flip = fault_flip();
     while let Some((peer, stream)) = incoming.next().await {
         if allow.as_ref().is_some_and(|a| !a.contains(&peer)) {
             // Not a member of this private pool: no answer at all.
@@ -65,7 +66,7 @@ pub(super) async fn serve(
         let (store, peers) = (store.clone(), peers.clone());
         tokio::spawn(async move {
             let _permits = (permit_peer, permit_total);
-            if let Err(e) = handle(peer, &mut stream, store).await {
+            if let Err(e) = handle(peer, &mut stream, store, flip).await {
                 tracing::debug!(target: "bitcloud::node", %peer, error = %e, "shard request failed");
                 if matches!(e, WireError::Frame(_)) {
                     peers.with(peer, |s| s.bad_messages += 1);
@@ -75,10 +76,30 @@ pub(super) async fn serve(
     }
 }
 
+/// Fault injection for tests of a lying node: with `BITCLOUD_FAULT_FLIP_SERVED=1` this node
+/// flips one byte of every shard and proof it sends (and says so in its log at start).
+/// Owners must catch every such byte; nothing else changes.
+fn fault_flip() -> bool {
+    let on = std::env::var_os("BITCLOUD_FAULT_FLIP_SERVED").is_some_and(|v| v == "1");
+    if on {
+        tracing::warn!(target: "bitcloud::node", "fault injection: every shard and proof this node serves has a flipped byte (BITCLOUD_FAULT_FLIP_SERVED=1)");
+    }
+    on
+}
+
+fn flipped(mut bytes: Vec<u8>, flip: bool) -> Vec<u8> {
+    if flip && !bytes.is_empty() {
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x01;
+    }
+    bytes
+}
+
 async fn handle(
     peer: PeerId,
     stream: &mut Stream,
     store: Option<Arc<ShardStore>>,
+    flip: bool,
 ) -> Result<(), WireError> {
     let frame = wire::read_frame(stream).await?;
     let Some(request) = Request::decode(&frame)? else {
@@ -118,6 +139,7 @@ async fn handle(
             let got = tokio::task::spawn_blocking(move || store.get(&id)).await;
             match got {
                 Ok(Ok(Some(bytes))) => {
+                    let bytes = flipped(bytes, flip);
                     wire::write_all(stream, &Response::Shard { len: bytes.len() as u32 }.encode())
                         .await?;
                     wire::write_all(stream, &bytes).await?;
@@ -165,6 +187,7 @@ async fn handle(
             .await;
             match proved {
                 Ok(Ok(Some(Ok(proof)))) => {
+                    let proof = flipped(proof, flip);
                     wire::write_all(stream, &Response::Proof { len: proof.len() as u32 }.encode())
                         .await?;
                     wire::write_all(stream, &proof).await?;
