@@ -29,10 +29,7 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
         "repair_interval_secs = 1",
     );
     edit_config(&home, "repair_grace_secs = 3600", "repair_grace_secs = 3");
-    let mut m = Mount::existing(root.path(), &home, &mnt);
-    wait_for("eight storage peers", || {
-        (connected_peers(&m) == 8).then_some(())
-    });
+    let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
     sh(
         &mnt,
         "mkdir d && for i in $(seq 1 20); do head -c $((i * 50000)) /dev/urandom > d/f$i; done \
@@ -104,10 +101,7 @@ fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
         "repair_interval_secs = 300",
         "repair_interval_secs = 86400",
     );
-    let mut m = Mount::existing(root.path(), &home, &mnt);
-    wait_for("eight storage peers", || {
-        (connected_peers(&m) == 8).then_some(())
-    });
+    let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
     // One block: each round audits one of its six shards.
     sh(&mnt, "head -c 1000000 /dev/urandom > one && sync");
     let before = sums(&mnt);
@@ -159,9 +153,7 @@ fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
     // A damaged local copy: `fsck --repair` through the mount rebuilds it from the shards.
     // (After a remount nothing is in memory: the read fetches the block into a local file.)
     m.remount();
-    wait_for("eight storage peers again", || {
-        (connected_peers(&m) == 8).then_some(())
-    });
+    wait_for_peers(&m, 8);
     sh(&mnt, "cat one > /dev/null");
     let blocks = home.join("data/volume/blocks");
     let local: Vec<std::path::PathBuf> = std::fs::read_dir(&blocks)
@@ -204,19 +196,7 @@ fn audits_catch_a_damaged_shard_and_it_is_rebuilt_elsewhere() {
 #[test]
 fn a_node_that_serves_wrong_bytes_is_caught_banned_and_emptied() {
     let root = test_root("bitcloud-liar");
-    let mut nodes: Vec<Node> = (0..8)
-        .map(|i| Node {
-            home: root.path().join(format!("node{i}")),
-            ip: format!("127.0.0.{}", i + 2),
-            port: 0,
-            child: None,
-            frozen: false,
-            flips: i == 0,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.start();
-    }
+    let nodes = start_nodes_where(root.path(), 8, |i| i == 0);
     let liar = nodes[0].id();
     let (home, mnt) = new_volume(root.path(), "4+2", &nodes);
     edit_config(
@@ -224,10 +204,7 @@ fn a_node_that_serves_wrong_bytes_is_caught_banned_and_emptied() {
         "audit_interval_secs = 600",
         "audit_interval_secs = 1",
     );
-    let mut m = Mount::existing(root.path(), &home, &mnt);
-    wait_for("eight storage peers", || {
-        (connected_peers(&m) == 8).then_some(())
-    });
+    let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
     sh(&mnt, "head -c 16777216 /dev/urandom > f && sync");
     let before = sums(&mnt);
     wait_full_redundancy(&m);
@@ -235,9 +212,7 @@ fn a_node_that_serves_wrong_bytes_is_caught_banned_and_emptied() {
     // the holders: not one wrong byte arrives. (Scores live in the mount's memory, so the
     // rest happens in this one mount.)
     m.remount();
-    wait_for("eight storage peers again", || {
-        (connected_peers(&m) == 8).then_some(())
-    });
+    wait_for_peers(&m, 8);
     drop_caches(&m);
     assert_eq!(sums(&mnt), before, "read back with a lying holder");
     // Caught by reads and audits: banned, its shards rebuilt on the others...

@@ -113,6 +113,16 @@ pub(crate) fn test_root(prefix: &str) -> tempfile::TempDir {
 
 /// `count` running nodes on 127.0.0.2 and up.
 pub(crate) fn start_nodes(root: &Path, count: usize) -> Vec<Node> {
+    start_nodes_where(root, count, |_| false)
+}
+
+/// `count` running nodes on 127.0.0.2 and up; node `i` lies (flips served bytes) if
+/// `flips(i)`.
+pub(crate) fn start_nodes_where(
+    root: &Path,
+    count: usize,
+    flips: impl Fn(usize) -> bool,
+) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..count)
         .map(|i| Node {
             home: root.join(format!("node{i}")),
@@ -120,13 +130,27 @@ pub(crate) fn start_nodes(root: &Path, count: usize) -> Vec<Node> {
             port: 0,
             child: None,
             frozen: false,
-            flips: false,
+            flips: flips(i),
         })
         .collect();
     for node in &mut nodes {
         node.start();
     }
     nodes
+}
+
+/// Mounts the volume of `home` and waits until `peers` storage peers are connected.
+pub(crate) fn mount_with_peers(root: &Path, home: &Path, mnt: &Path, peers: usize) -> Mount {
+    let m = Mount::existing(root, home, mnt);
+    wait_for_peers(&m, peers);
+    m
+}
+
+/// Waits until the mount is connected to `peers` storage peers.
+pub(crate) fn wait_for_peers(m: &Mount, peers: usize) {
+    wait_for(&format!("{peers} storage peers"), || {
+        (connected_peers(m) == peers).then_some(())
+    });
 }
 
 /// A new volume (`init --shards`) that knows `peers`: its home and mountpoint.

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Mount, bitcloud, sh, sh_fails, write_pattern};
+use crate::harness::{self, bitcloud, sh, sh_fails, write_pattern};
 use crate::nodes::*;
 
 const NODES: usize = 6;
@@ -18,10 +18,7 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
     let (home, mnt) = new_volume(root.path(), "3+3", &nodes);
     // Reads give up after 10 s; the frozen-pool step checks the mount answers meanwhile.
     edit_config(&home, "read_timeout_secs = 5", "read_timeout_secs = 10");
-    let mut m = Mount::existing(root.path(), &home, &mnt);
-    wait_for("six storage peers", || {
-        (connected_peers(&m) == NODES).then_some(())
-    });
+    let mut m = mount_with_peers(root.path(), &home, &mnt, NODES);
 
     // A tree of small files and a 256 MiB file.
     sh(
@@ -272,10 +269,7 @@ fn sync_remote_fsync_waits_for_the_pool() {
     let (home, mnt) = new_volume(root.path(), "2+1", &nodes[..2]);
     edit_config(&home, "sync = \"local\"", "sync = \"remote\"");
     edit_config(&home, "sync_timeout_secs = 60", "sync_timeout_secs = 4");
-    let mut m = Mount::existing(root.path(), &home, &mnt);
-    wait_for("two storage peers", || {
-        (connected_peers(&m) == 2).then_some(())
-    });
+    let mut m = mount_with_peers(root.path(), &home, &mnt, 2);
 
     // `peers add` on a running mount dials at once and remembers the peer.
     let third = nodes[2].addr();

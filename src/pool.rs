@@ -131,9 +131,9 @@ impl Shared {
         let seen = state
             .and_then(|s| s.last_seen)
             .map_or(self.started, |t| t.max(self.started));
+        // A last-seen time in the future (the clock went back) counts as just now.
         seen.elapsed()
-            .is_ok_and(|silent| silent < self.config.repair_grace)
-            || seen.elapsed().is_err()
+            .map_or(true, |silent| silent < self.config.repair_grace)
     }
 
     /// `peer` was caught without `shard`: it counts as missing, and the repairer looks.

@@ -44,7 +44,7 @@ enum Outcome {
     /// Every missing shard is back (or none was missing).
     Repaired,
     /// No peer in a free failure domain can take the missing shards: the pool is too small
-    /// for the block's scheme. Tried again when the pool grows.
+    /// for the block's scheme. Tried again when the set of candidates changes.
     Short,
     /// Something failed that may work later (a put refused or timed out, too few shards
     /// reachable to rebuild from): tried again with backoff.
@@ -63,7 +63,7 @@ struct Memory {
 }
 
 impl Memory {
-    fn settle(&mut self, id: BlockId, o: Outcome, peers: u64, most: Duration) {
+    fn settle(&mut self, id: BlockId, o: Outcome, candidates: u64, most: Duration) {
         match o {
             Outcome::Repaired | Outcome::Gone => {
                 self.stuck.remove(&id);
@@ -71,7 +71,7 @@ impl Memory {
             }
             Outcome::Short => {
                 self.backoff.remove(&id);
-                self.stuck.insert(id, peers);
+                self.stuck.insert(id, candidates);
             }
             Outcome::Retry => {
                 let wait = self
@@ -85,8 +85,8 @@ impl Memory {
     }
 
     /// Whether `id` may be tried now.
-    fn may_try(&self, id: &BlockId, peers: u64, now: tokio::time::Instant) -> bool {
-        self.stuck.get(id).is_none_or(|&c| peers != c)
+    fn may_try(&self, id: &BlockId, candidates: u64, now: tokio::time::Instant) -> bool {
+        self.stuck.get(id).is_none_or(|&c| candidates != c)
             && self.backoff.get(id).is_none_or(|(at, _)| *at <= now)
     }
 }
@@ -134,10 +134,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let due: std::collections::HashSet<BlockId> = todo.iter().map(|(_, id)| *id).collect();
         memory.stuck.retain(|id, _| due.contains(id));
         memory.backoff.retain(|id, _| due.contains(id));
-        let peers_now = candidate_set(&shared);
+        let candidates_now = candidate_set(&shared);
         let now = tokio::time::Instant::now();
         let before = todo.len();
-        todo.retain(|(_, id)| memory.may_try(id, peers_now, now));
+        todo.retain(|(_, id)| memory.may_try(id, candidates_now, now));
         tracing::debug!(target: "bitcloud::pool", due = before, now = todo.len(), stuck = memory.stuck.len(), backoff = memory.backoff.len(), "repair walk");
         todo.sort();
         more = todo.len() > PER_ROUND;
@@ -150,7 +150,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         for (_, id) in todo {
             while set.len() >= IN_FLIGHT {
                 if let Some(Ok((id, o))) = set.join_next().await {
-                    memory.settle(id, o, peers_now, most);
+                    memory.settle(id, o, candidates_now, most);
                 }
             }
             if shared.stopping() {
@@ -172,7 +172,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         while let Some(r) = set.join_next().await {
             if let Ok((id, o)) = r {
-                memory.settle(id, o, peers_now, most);
+                memory.settle(id, o, candidates_now, most);
             }
         }
     }
