@@ -18,6 +18,8 @@ pub(crate) struct Node {
     pub frozen: bool,
     /// Started as a lying node: it flips a byte of everything it serves.
     pub flips: bool,
+    /// More environment for the process (fault switches).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Node {
@@ -38,6 +40,7 @@ impl Node {
                 "BITCLOUD_FAULT_FLIP_SERVED",
                 if self.flips { "1" } else { "0" },
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -124,19 +127,29 @@ pub(crate) fn start_nodes_where(
     flips: impl Fn(usize) -> bool,
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..count)
-        .map(|i| Node {
-            home: root.join(format!("node{i}")),
-            ip: format!("127.0.0.{}", i + 2),
-            port: 0,
-            child: None,
-            frozen: false,
-            flips: flips(i),
+        .map(|i| {
+            let mut n = node_at(root, i);
+            n.flips = flips(i);
+            n
         })
         .collect();
     for node in &mut nodes {
         node.start();
     }
     nodes
+}
+
+/// Node `i` of a test (home `root/node<i>`, address 127.0.0.<i+2>), not started.
+pub(crate) fn node_at(root: &Path, i: usize) -> Node {
+    Node {
+        home: root.join(format!("node{i}")),
+        ip: format!("127.0.0.{}", i + 2),
+        port: 0,
+        child: None,
+        frozen: false,
+        flips: false,
+        env: Vec::new(),
+    }
 }
 
 /// Mounts the volume of `home` and waits until `peers` storage peers are connected.

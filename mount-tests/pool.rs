@@ -124,14 +124,8 @@ fn a_volume_lives_in_the_pool_through_stops_kills_freezes_and_damage() {
     assert!(score < 0.5, "a node that lost every shard is banned: {s}");
     // Its disk is replaced: a fresh node (new identity) on the same host takes its shards.
     nodes[4].stop();
-    nodes[4] = Node {
-        home: root.path().join("node4-new"),
-        ip: nodes[4].ip.clone(),
-        port: 0,
-        child: None,
-        frozen: false,
-        flips: false,
-    };
+    nodes[4] = node_at(root.path(), 4);
+    nodes[4].home = root.path().join("node4-new");
     nodes[4].start();
     let out = bitcloud(&home, &["peers", "add", &nodes[4].addr()]);
     assert!(out.status.success());

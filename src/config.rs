@@ -138,6 +138,10 @@ pub struct NodeConfig {
     pub offer_per_owner_percent: u8,
     /// A private pool: the peer ids that may connect (empty: an open pool).
     pub allow: Vec<String>,
+    /// Seconds a copy stored here is kept without its owner renewing it.
+    pub lease_secs: u64,
+    /// Seconds an expired copy stays in the trash (still renewable) before deletion.
+    pub trash_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -149,6 +153,8 @@ impl Default for NodeConfig {
             offer: "0".into(),
             offer_per_owner_percent: 50,
             allow: Vec::new(),
+            lease_secs: crate::node::lease::DEFAULT_LEASE.as_secs(),
+            trash_secs: crate::node::lease::DEFAULT_TRASH.as_secs(),
         }
     }
 }
@@ -286,6 +292,12 @@ offer_per_owner_percent = 50
 # disconnected and gets no answer. Every member lists the others (a node its owners' mounts,
 # a mount its nodes). Empty: an open pool.
 allow = []
+# Seconds a shard stored here for someone is kept without its owner renewing the lease
+# (owners renew every third of it while they run): 60 days. Then it moves to the trash
+# (still renewable) for trash_secs (14 days) and is deleted. Durations on this machine's
+# own clock: the owners' clocks play no part.
+lease_secs = 5184000
+trash_secs = 1209600
 
 [pool]
 # Erasure scheme for blocks placed from now on, K+M (any K of K+M shards rebuild a block).
@@ -398,6 +410,17 @@ impl Config {
                     self.node.offer_per_owner_percent
                 ),
             ));
+        }
+        for (key, v) in [
+            ("lease_secs", self.node.lease_secs),
+            ("trash_secs", self.node.trash_secs),
+        ] {
+            if !(1..=10 * 365 * 86400).contains(&v) {
+                return Err((
+                    key,
+                    format!("node.{key} = {v} is out of range 1..=315360000 (10 years)"),
+                ));
+            }
         }
         if let Some(s) = &self.pool.shards {
             parse_shards(s).map_err(|e| ("shards", format!("pool.shards: {e}")))?;

@@ -17,6 +17,7 @@
 pub mod behaviour;
 pub mod client;
 pub mod key;
+pub mod lease;
 pub mod peers;
 pub mod placement;
 pub mod proof;
@@ -61,6 +62,8 @@ pub struct NodeConfig {
     pub store: Option<(PathBuf, u64)>,
     /// Most one owner may store here: a share of the offer (0 < share <= 1).
     pub owner_share: f64,
+    /// Lease and trash periods of the copies stored here.
+    pub leases: lease::LeaseTerms,
     /// A private pool: only these peers may connect (empty: an open pool).
     pub allow: Vec<PeerId>,
 }
@@ -140,7 +143,8 @@ impl Node {
             .map_err(|e| anyhow!("building the libp2p node: {e}"))?;
         let store = match &config.store {
             Some((dir, offer)) => {
-                let store = ShardStore::open(dir, *offer).context("opening the shard store")?;
+                let store = ShardStore::open_with(dir, *offer, config.leases)
+                    .context("opening the shard store")?;
                 if config.owner_share < 1.0 {
                     store.set_per_owner((*offer as f64 * config.owner_share) as u64);
                 }
@@ -159,6 +163,9 @@ impl Node {
         }
         let allow: Option<Arc<std::collections::HashSet<PeerId>>> =
             (!config.allow.is_empty()).then(|| Arc::new(config.allow.iter().copied().collect()));
+        if let Some(store) = &store {
+            tokio::spawn(sweep_leases(store.clone()));
+        }
         tokio::spawn(server::serve(
             incoming,
             store.clone(),
@@ -208,6 +215,30 @@ impl Node {
             let _ = s.send(());
         }
         let _ = (&mut self.task).await;
+    }
+}
+
+/// Moves copies whose lease ran out to the trash and empties it, now and then, for as long
+/// as the store is in use.
+async fn sweep_leases(store: Arc<ShardStore>) {
+    let every = store.terms().sweep_every();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if Arc::strong_count(&store) == 1 {
+            return; // the node is gone
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sweep(lease::now_secs())).await {
+            Ok(Ok(swept)) if swept != Default::default() => {
+                tracing::info!(target: "bitcloud::node", trashed = swept.trashed, deleted = swept.deleted, deleted_bytes = swept.deleted_bytes, "leases ran out: copies moved to the trash or deleted");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "bitcloud::node", error = %e, "sweeping expired leases failed");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -12,13 +12,17 @@
 //!   their holders.
 //! - [`repair`]: blocks short of live shards get the missing ones rebuilt on new peers.
 //! - [`audit`]: holders prove possession of random chunks of random shards.
+//! - [`check`]: `fsck` with peers: every shard audited, failures re-spread at once.
+//! - [`lease`]: the leases on every placed shard are renewed on its holder.
 //! - the cache keeper: evicts fully placed blocks beyond `cache.size`.
 //!
 //! Everything runs on the node's tokio runtime; the volume calls in through
 //! [`Remote`](crate::volume::remote::Remote), from its own threads.
 
 pub mod audit;
+pub mod check;
 pub mod fetch;
+pub mod lease;
 pub mod release;
 pub mod repair;
 pub mod upload;
@@ -90,6 +94,8 @@ pub(crate) struct Shared {
     pub started: std::time::SystemTime,
     /// Shards rebuilt and placed by repairs.
     pub repaired_shards: std::sync::atomic::AtomicU64,
+    /// Leases renewed on holders.
+    pub renewed_leases: std::sync::atomic::AtomicU64,
 }
 
 /// Most (shard, holder) pairs remembered as lost.
@@ -182,12 +188,14 @@ impl Pool {
             repair_kick: Notify::new(),
             started: std::time::SystemTime::now(),
             repaired_shards: Default::default(),
+            renewed_leases: Default::default(),
         });
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),
             rt.spawn(release::run(shared.clone())),
             rt.spawn(repair::run(shared.clone())),
             rt.spawn(audit::run(shared.clone())),
+            rt.spawn(lease::run(shared.clone())),
             rt.spawn(keep_cache(shared.clone())),
         ];
         let pool = Arc::new(Pool {
@@ -212,6 +220,24 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs `f` on the node's runtime and waits for it here (callers are volume threads,
+    /// which may be inside another runtime's blocking pool). `None`: the pool stopped.
+    fn run<T, F, Fut>(&self, f: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let shared = self.shared.clone();
+        self.rt.spawn(async move {
+            let _ = tx.send(f(shared).await);
+        });
+        rx.recv().ok()
+    }
+}
+
 impl Remote for Pool {
     fn fetch(
         &self,
@@ -227,19 +253,12 @@ impl Remote for Pool {
                 return Err(why.clone());
             }
         }
-        // Run on the node's runtime and wait here: callers are volume threads (FUSE,
-        // prefetch, fsck), which may be inside another runtime's blocking pool.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let shared = self.shared.clone();
-        let placement = placement.clone();
-        let id = *id;
-        self.rt.spawn(async move {
-            let r = fetch::fetch(&shared, &id, &placement, sealed_len).await;
-            let _ = tx.send(r);
-        });
-        let r = rx
-            .recv()
-            .unwrap_or_else(|_| Err("the pool stopped during the read".into()));
+        let (placement, id) = (placement.clone(), *id);
+        let r =
+            self.run(move |shared| async move {
+                fetch::fetch(&shared, &id, &placement, sealed_len).await
+            })
+            .unwrap_or_else(|| Err("the pool stopped during the read".into()));
         if let Err(why) = &r {
             self.shared
                 .failed
@@ -254,6 +273,37 @@ impl Remote for Pool {
             .holder
             .as_deref()
             .is_some_and(|h| self.shared.holder_live(h, &shard.id))
+    }
+
+    fn check_shards(
+        &self,
+        _id: &BlockId,
+        placement: &Placement,
+    ) -> Vec<crate::volume::remote::ShardCheck> {
+        let placement = placement.clone();
+        self.run(move |shared| async move { check::check_shards(&shared, &placement).await })
+            .unwrap_or_default()
+    }
+
+    fn respread(
+        &self,
+        id: &BlockId,
+        placement: &Placement,
+        failed: &[usize],
+    ) -> Result<(), String> {
+        let (id, placement, failed) = (*id, placement.clone(), failed.to_vec());
+        self.run(
+            move |shared| async move { check::respread(&shared, id, &placement, &failed).await },
+        )
+        .unwrap_or_else(|| Err("the pool stopped".into()))
+    }
+
+    fn counters(&self) -> crate::volume::remote::PoolCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::volume::remote::PoolCounters {
+            repaired_shards: self.shared.repaired_shards.load(Relaxed),
+            renewed_leases: self.shared.renewed_leases.load(Relaxed),
+        }
     }
 
     fn can_place(&self) -> bool {

@@ -66,6 +66,7 @@ fn volume_report(paths: &Paths) -> Result<StatusReport> {
         cache_used_bytes: used,
         cache_limit_bytes: None,
         releases_pending: tx.release_queue(usize::MAX)?.len() as u64,
+        counters: Default::default(),
     });
     let (k, m) = sb.shards.unwrap_or(crate::volume::remote::DEFAULT_SCHEME);
     r.shards = format!("{k}+{m}");

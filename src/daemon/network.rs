@@ -71,6 +71,10 @@ pub fn node_config(paths: &Paths, config: &Config, o: &NodeOverrides) -> Result<
         mdns: config.node.mdns && !o.no_mdns,
         store: (offer > 0).then(|| (paths.shard_dir(), offer)),
         owner_share: f64::from(config.node.offer_per_owner_percent) / 100.0,
+        leases: node::lease::LeaseTerms {
+            lease: std::time::Duration::from_secs(config.node.lease_secs),
+            trash: std::time::Duration::from_secs(config.node.trash_secs),
+        },
         allow: config
             .node
             .allow
@@ -143,6 +147,7 @@ pub fn peer_reports(
             storage: s.shard_protocol && s.offered > 0,
             offered_bytes: s.offered,
             used_bytes: s.used,
+            used_by_us_bytes: s.used_by_us,
             our_shards: ours.get(&id.to_bytes()).copied().unwrap_or(0),
             failed_requests: s.failed,
             bad_shards: s.bad_shards,
@@ -151,6 +156,7 @@ pub fn peer_reports(
             score: s.score(),
             audits_passed: s.audits_passed,
             audits_failed: s.audits_failed,
+            floods: s.floods,
         })
         .collect()
 }
@@ -161,5 +167,7 @@ pub fn store_report(h: &NodeHandle) -> Option<super::status::StoreReport> {
         offered_bytes: s.offered(),
         used_bytes: s.used(),
         shards: s.count() as u64,
+        trash_bytes: s.trash_bytes(),
+        lease_secs: s.terms().lease.as_secs(),
     })
 }

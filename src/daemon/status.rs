@@ -72,6 +72,18 @@ pub struct StatusReport {
     /// Space this machine stores for others (when it offers some).
     #[serde(default)]
     pub store: Option<StoreReport>,
+    /// What the pool's upkeep did since the mount started.
+    #[serde(default)]
+    pub healing: HealingReport,
+}
+
+/// The pool's upkeep since the mount started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HealingReport {
+    /// Shards rebuilt and placed by repairs.
+    pub repaired_shards: u64,
+    /// Leases renewed on holders.
+    pub renewed_leases: u64,
 }
 
 /// Blocks by state.
@@ -124,6 +136,9 @@ pub struct PeerReport {
     pub storage: bool,
     pub offered_bytes: u64,
     pub used_bytes: u64,
+    /// Of that, what this volume stores there.
+    #[serde(default)]
+    pub used_by_us_bytes: u64,
     /// Shards of this volume it holds.
     pub our_shards: u64,
     pub failed_requests: u64,
@@ -139,6 +154,9 @@ pub struct PeerReport {
     pub audits_passed: u64,
     #[serde(default)]
     pub audits_failed: u64,
+    /// Its requests refused for flooding this node.
+    #[serde(default)]
+    pub floods: u64,
 }
 
 /// The shards this machine stores for others.
@@ -147,6 +165,11 @@ pub struct StoreReport {
     pub offered_bytes: u64,
     pub used_bytes: u64,
     pub shards: u64,
+    /// Copies whose lease ran out, deleted after the trash period.
+    #[serde(default)]
+    pub trash_bytes: u64,
+    #[serde(default)]
+    pub lease_secs: u64,
 }
 
 impl StatusReport {
@@ -184,6 +207,7 @@ impl StatusReport {
             node: None,
             peers: Vec::new(),
             store: None,
+            healing: HealingReport::default(),
         }
     }
 
@@ -200,6 +224,10 @@ impl StatusReport {
         self.cache = CacheReport {
             used_bytes: r.cache_used_bytes,
             limit_bytes: r.cache_limit_bytes,
+        };
+        self.healing = HealingReport {
+            repaired_shards: r.counters.repaired_shards,
+            renewed_leases: r.counters.renewed_leases,
         };
         self.summarize();
     }
@@ -314,6 +342,12 @@ impl StatusReport {
             ));
         }
         if let Some(n) = &self.node {
+            if self.mounted {
+                s.push_str(&format!(
+                    "  upkeep       {} shards repaired, {} leases renewed since the mount\n",
+                    self.healing.repaired_shards, self.healing.renewed_leases
+                ));
+            }
             s.push_str(&node_lines(n, &self.peers, self.store.as_ref()));
         }
         s
@@ -329,10 +363,23 @@ pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreRepo
     }
     if let Some(st) = store {
         s.push_str(&format!(
-            "  offered      {} of {} used ({} shards for others)\n",
+            "  offered      {} of {} used by others ({} shards{})\n",
             human(st.used_bytes),
             human(st.offered_bytes),
-            st.shards
+            st.shards,
+            if st.trash_bytes > 0 {
+                format!(", {} expired in the trash", human(st.trash_bytes))
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let on_others: u64 = peers.iter().map(|p| p.used_by_us_bytes).sum();
+    if on_others > 0 {
+        s.push_str(&format!(
+            "  on others    {} of ours on {} peers\n",
+            human(on_others),
+            peers.iter().filter(|p| p.used_by_us_bytes > 0).count()
         ));
     }
     let connected = peers.iter().filter(|p| p.connected).count();

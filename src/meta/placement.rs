@@ -275,6 +275,12 @@ macro_rules! impl_placement_reads {
                     .collect()
             }
 
+            /// How many blocks have a placement.
+            pub fn placement_count(&self) -> Result<u64> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                Ok(range(&t, keys::PLACEMENT, None, usize::MAX)?.len() as u64)
+            }
+
             /// Blocks in the upload queue, the sealed bytes they hold, and when the oldest
             /// was queued (seconds since the epoch).
             pub fn upload_totals(&self) -> Result<(u64, u64, Option<u64>)> {

@@ -207,6 +207,31 @@ impl Client {
         self.note(peer, r)
     }
 
+    /// Renews our leases on `ids` at `peer`: the lease it granted, and which it holds.
+    pub async fn renew(
+        &self,
+        peer: PeerId,
+        ids: &[ShardId],
+    ) -> Result<(Duration, Vec<bool>), ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::Renew { ids: ids.to_vec() };
+            match self.ask(peer, &req, None).await?.0 {
+                Response::Renewed { lease_secs, bits } if bits.len() == ids.len().div_ceil(8) => {
+                    Ok((
+                        Duration::from_secs(u64::from(lease_secs)),
+                        (0..ids.len()).map(|i| has_bit(&bits, i)).collect(),
+                    ))
+                }
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                Response::Unsupported => Err(ClientError::Protocol("leases unsupported".into())),
+                other => Err(ClientError::Protocol(format!("{other:?} to a renewal"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
     /// Asks `peer` to prove it holds `chunks` of shard `id` (of `len` bytes) and checks the
     /// proof against the id: `Ok(true)` passed, `Ok(false)` a proof that does not verify,
     /// `Err(NotFound)` it says it has no such shard.
@@ -245,19 +270,24 @@ impl Client {
     }
 
     /// Asks `peer` for its space and records it.
-    pub async fn info(&self, peer: PeerId) -> Result<(u64, u64), ClientError> {
+    pub async fn info(&self, peer: PeerId) -> Result<(u64, u64, u64), ClientError> {
         let _slot = self.slot(peer).await;
         let r = async {
             match self.ask(peer, &Request::Info, None).await?.0 {
-                Response::Info { offered, used, .. } => Ok((offered, used)),
+                Response::Info {
+                    offered,
+                    used,
+                    used_by_asker,
+                } => Ok((offered, used, used_by_asker)),
                 other => Err(ClientError::Protocol(format!("{other:?} to info"))),
             }
         }
         .await;
-        if let Ok((offered, used)) = &r {
+        if let Ok((offered, used, ours)) = &r {
             self.peers.with(peer, |s| {
                 s.offered = *offered;
                 s.used = *used;
+                s.used_by_us = *ours;
                 s.info_at = Some(std::time::Instant::now());
             });
         }

@@ -26,6 +26,8 @@ pub struct PeerState {
     /// Space it offers and uses, from its last `Info` answer.
     pub offered: u64,
     pub used: u64,
+    /// Of that, what we store there.
+    pub used_by_us: u64,
     /// When `offered`/`used` were learnt.
     pub info_at: Option<Instant>,
     /// Requests answered well, and requests that failed (timeouts, errors, bad bytes).
@@ -45,6 +47,9 @@ pub struct PeerState {
     /// counts only when the retry times out too).
     pub audits_passed: u64,
     pub audits_failed: u64,
+    /// Its requests answered `Busy` because it had more than its share of this node's
+    /// capacity in flight at once (an honest bitcloud never does: its client stays below).
+    pub floods: u64,
 }
 
 impl PeerState {
@@ -58,6 +63,7 @@ impl PeerState {
             shard_protocol: false,
             offered: 0,
             used: 0,
+            used_by_us: 0,
             info_at: None,
             ok: 0,
             failed: 0,
@@ -68,6 +74,7 @@ impl PeerState {
             good_shards: 0,
             audits_passed: 0,
             audits_failed: 0,
+            floods: 0,
         }
     }
 
@@ -99,10 +106,12 @@ impl PeerState {
     /// Reputation in (0, 1]: 1 for a new peer; every failure (an audit failed, a shard
     /// served wrong or lost) weighs as much as ten successes (audits passed, shards served
     /// right), so a disk that lost a few of many shards keeps its place and a peer that
-    /// lies or lost most of what it held falls below [`BANNED_BELOW`].
+    /// lies or lost most of what it held falls below [`BANNED_BELOW`]. Every hundred
+    /// requests refused for flooding count as one failure.
     pub fn score(&self) -> f64 {
         let good = 1.0 + (self.audits_passed + self.good_shards) as f64;
-        let bad = (self.audits_failed + self.bad_shards + self.lost_shards) as f64;
+        let bad =
+            (self.audits_failed + self.bad_shards + self.lost_shards + self.floods / 100) as f64;
         good / (good + 10.0 * bad)
     }
 

@@ -65,6 +65,19 @@ pub fn rank(key: &[u8; 32], candidates: &[Candidate], n: usize) -> Vec<usize> {
     out
 }
 
+/// The candidates a block can still take shards on: neither one of its `holders` nor in a
+/// holder's domain (indexes into `all`).
+pub fn free(all: &[Candidate], holders: &[Vec<u8>]) -> Vec<usize> {
+    let used: Vec<&[u8]> = all
+        .iter()
+        .filter(|c| holders.contains(&c.peer))
+        .map(|c| c.domain.as_slice())
+        .collect();
+    (0..all.len())
+        .filter(|&i| !holders.contains(&all[i].peer) && !used.contains(&all[i].domain.as_slice()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@
 //! their frame and may not exceed [`MAX_SHARD`]. Anything else is a protocol error: the
 //! stream is dropped and the peer is charged for it.
 //!
-//! Kinds not yet used (lease messages of the self-healing work) are reserved:
-//! an older node answers them with `Response::Unsupported`, so asking never breaks a pool.
+//! Kinds not yet used are reserved: an older node answers them with
+//! `Response::Unsupported`, so asking never breaks a pool.
 
 use crate::ids::ShardId;
 
@@ -38,6 +38,8 @@ pub enum Request {
     /// Prove possession of these 1 KiB chunks of the asker's shard (at most
     /// [`MAX_AUDIT_CHUNKS`](super::proof::MAX_AUDIT_CHUNKS), in increasing order).
     Audit { id: ShardId, chunks: Vec<u32> },
+    /// Renew the asker's leases on these (see [`lease`](super::lease)).
+    Renew { ids: Vec<ShardId> },
 }
 
 /// Why a node refused a `Put`.
@@ -122,6 +124,12 @@ pub enum Response {
     Proof {
         len: u32,
     },
+    /// Leases renewed for `lease_secs` on this node's clock; one bit per asked id, in
+    /// order: held for the asker.
+    Renewed {
+        lease_secs: u32,
+        bits: Vec<u8>,
+    },
     /// A kind this node does not know.
     Unsupported,
 }
@@ -137,7 +145,8 @@ const REQ_HAS: u8 = 3;
 const REQ_RELEASE: u8 = 4;
 const REQ_INFO: u8 = 5;
 const REQ_AUDIT: u8 = 6;
-// 7..=15: lease messages (reserved).
+const REQ_RENEW: u8 = 7;
+// 8..=15: reserved.
 
 const RSP_STORED: u8 = 1;
 const RSP_REFUSED: u8 = 2;
@@ -148,6 +157,7 @@ const RSP_RELEASED: u8 = 6;
 const RSP_INFO: u8 = 7;
 const RSP_UNSUPPORTED: u8 = 8;
 const RSP_PROOF: u8 = 9;
+const RSP_RENEWED: u8 = 10;
 
 fn frame(kind: u8, fields: &[u8]) -> Vec<u8> {
     let len = (2 + fields.len()) as u32;
@@ -229,6 +239,7 @@ impl Request {
                 }
                 frame(REQ_AUDIT, &f)
             }
+            Request::Renew { ids } => frame(REQ_RENEW, &ids_field(ids)),
         }
     }
 
@@ -273,7 +284,8 @@ impl Request {
                     chunks,
                 }
             }
-            7..=15 => return Ok(None),
+            REQ_RENEW => Request::Renew { ids: take_ids(f)? },
+            8..=15 => return Ok(None),
             _ => return Err(FrameError("unknown request kind")),
         }))
     }
@@ -301,6 +313,11 @@ impl Response {
             }
             Response::Unsupported => frame(RSP_UNSUPPORTED, &[]),
             Response::Proof { len } => frame(RSP_PROOF, &len.to_be_bytes()),
+            Response::Renewed { lease_secs, bits } => {
+                let mut f = lease_secs.to_be_bytes().to_vec();
+                f.extend_from_slice(bits);
+                frame(RSP_RENEWED, &f)
+            }
         }
     }
 
@@ -336,6 +353,10 @@ impl Response {
                 }
             }
             RSP_UNSUPPORTED if f.is_empty() => Response::Unsupported,
+            RSP_RENEWED if (4..=4 + MAX_IDS / 8).contains(&f.len()) => Response::Renewed {
+                lease_secs: u32_of(&f[..4])?,
+                bits: f[4..].to_vec(),
+            },
             RSP_PROOF => {
                 let len = u32_of(f)?;
                 if len > super::proof::MAX_PROOF {
@@ -391,6 +412,9 @@ mod tests {
                 id,
                 chunks: vec![0, 5, 300],
             },
+            Request::Renew {
+                ids: vec![id, ShardId([2; 32])],
+            },
         ] {
             assert_eq!(Request::decode(body(&r.encode())).unwrap(), Some(r));
         }
@@ -408,6 +432,10 @@ mod tests {
             },
             Response::Unsupported,
             Response::Proof { len: 4000 },
+            Response::Renewed {
+                lease_secs: 86_400,
+                bits: vec![3],
+            },
         ] {
             assert_eq!(Response::decode(body(&r.encode())).unwrap(), r);
         }
@@ -457,7 +485,11 @@ mod tests {
             (id.clone(), any::<u32>()).prop_map(|(id, len)| Request::Put { id, len }.encode()),
             id.clone().prop_map(|id| Request::Get { id }.encode()),
             ids.clone().prop_map(|ids| Request::Has { ids }.encode()),
-            ids.prop_map(|ids| Request::Release { ids }.encode()),
+            ids.clone()
+                .prop_map(|ids| Request::Release { ids }.encode()),
+            ids.prop_map(|ids| Request::Renew { ids }.encode()),
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(lease_secs, bits)| Response::Renewed { lease_secs, bits }.encode()),
             Just(Request::Info.encode()),
             (
                 id.clone(),

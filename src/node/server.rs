@@ -2,7 +2,10 @@
 //! node's [`ShardStore`]. The accept loop only hands streams to tasks (libp2p-stream drops
 //! inbound streams while nobody is waiting for them), and the tasks are bounded: at most
 //! [`PER_PEER`] at once per peer and [`TOTAL`] in all; past that a request is answered
-//! `Busy` at once. A malformed request ends its stream and counts against the peer.
+//! `Busy` at once. A request past the peer's own bound is a flood and counts against it
+//! (`PeerState::floods`); a peer whose score falls below the ban line that way, or any
+//! other, gets no answer at all. A malformed request ends its stream and counts against the
+//! peer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use super::shard_store::{PutOutcome, ShardStore};
 use super::wire::{self, WireError};
 
 /// Requests served at once for one peer.
-const PER_PEER: usize = 8;
+pub(super) const PER_PEER: usize = 8;
 /// Requests served at once in all.
 const TOTAL: usize = 64;
 
@@ -34,8 +37,10 @@ pub(super) async fn serve(
     let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
     let flip = fault_flip();
     while let Some((peer, stream)) = incoming.next().await {
-        if allow.as_ref().is_some_and(|a| !a.contains(&peer)) {
-            // Not a member of this private pool: no answer at all.
+        if allow.as_ref().is_some_and(|a| !a.contains(&peer))
+            || peers.get(&peer).is_some_and(|s| s.banned())
+        {
+            // Not a member of this private pool, or banned: no answer at all.
             drop(stream);
             continue;
         }
@@ -48,10 +53,12 @@ pub(super) async fn serve(
         let (permit_peer, permit_total) =
             match (sem.try_acquire_owned(), total.clone().try_acquire_owned()) {
                 (Ok(a), Ok(b)) => (a, b),
-                _ => {
+                (own, _) => {
                     // Over the bounds: answer Busy without reading on (in its own task, so the
-                    // accept loop never waits on a peer).
-                    peers.answered(peer, false);
+                    // accept loop never waits on a peer). Over its own bound, it floods.
+                    if own.is_err() {
+                        peers.with(peer, |s| s.floods += 1);
+                    }
                     tokio::spawn(async move {
                         let _ = wire::write_all(
                             &mut stream,
@@ -167,6 +174,27 @@ async fn handle(
                 Err(e) => {
                     tracing::error!(target: "bitcloud::node", error = %e, "releasing shards failed");
                     Response::Released { count: 0 }
+                }
+            }))
+            .await
+        }
+        (Request::Renew { ids }, None) => Response::Renewed {
+            lease_secs: 0,
+            bits: have_bits(std::iter::empty(), ids.len()),
+        },
+        (Request::Renew { ids }, Some(store)) => {
+            blocking(Box::new(move || {
+                let n = ids.len();
+                let lease_secs = store.terms().lease.as_secs().min(u64::from(u32::MAX)) as u32;
+                match store.renew(&owner, &ids) {
+                    Ok(held) => Response::Renewed {
+                        lease_secs,
+                        bits: have_bits(held.into_iter(), n),
+                    },
+                    Err(e) => {
+                        tracing::error!(target: "bitcloud::node", error = %e, "renewing leases failed");
+                        Response::Refused(Refusal::Busy)
+                    }
                 }
             }))
             .await

@@ -11,6 +11,11 @@
 //! offer from the moment it is accepted. A get re-verifies the bytes: a damaged copy is moved
 //! to `quarantine/` and reported missing, never sent. The index (which copies exist, how much
 //! each owner uses) is rebuilt from the file names and headers at start.
+//!
+//! Every copy has a lease (see [`lease`](super::lease)): its expiry on this node's clock is
+//! kept in the header, set by the put and by each renewal. [`ShardStore::sweep`] moves
+//! copies past their lease to `trash/` (still served, and renewed back if the owner asks)
+//! and deletes them after the trash period.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -19,11 +24,13 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
+use super::lease::{LeaseTerms, now_secs};
 use super::protocol::{MAX_SHARD, Refusal};
 use crate::ids::ShardId;
 
 const MAGIC: &[u8; 4] = b"BCS1";
-/// magic, version, owner length, 2 reserved bytes, then the owner and 32 reserved bytes.
+/// magic, version, owner length, 2 reserved bytes, then the owner and 32 bytes: the lease
+/// expiry (u64 LE, seconds on the node's clock), then reserved.
 const FIXED_HEADER: usize = 8;
 const RESERVED: usize = 32;
 /// Free space a put must leave on the disk.
@@ -62,13 +69,74 @@ pub enum PutOutcome {
     Refused(Refusal),
 }
 
+/// One owner's copy of a shard.
+#[derive(Clone, Debug)]
+struct Copy {
+    owner: String,
+    len: u32,
+    /// End of the lease, seconds on this node's clock.
+    expires: u64,
+    /// Past its lease, in `trash/` until `expires + trash`.
+    trashed: bool,
+}
+
 #[derive(Default)]
 struct Index {
-    /// shard -> (owner tag, length) of each copy.
-    copies: HashMap<ShardId, Vec<(String, u32)>>,
-    /// Bytes held, including puts being written.
+    copies: HashMap<ShardId, Vec<Copy>>,
+    /// Bytes held under lease, including puts being written.
     used: u64,
+    /// Bytes in the trash (not counted against the offer).
+    trash: u64,
     by_owner: HashMap<String, u64>,
+}
+
+impl Index {
+    fn copy_mut(&mut self, id: &ShardId, owner: &str) -> Option<&mut Copy> {
+        self.copies
+            .get_mut(id)?
+            .iter_mut()
+            .find(|c| c.owner == owner)
+    }
+
+    fn add(&mut self, id: ShardId, copy: Copy) {
+        let len = u64::from(copy.len);
+        if copy.trashed {
+            self.trash += len;
+        } else {
+            self.used += len;
+            *self.by_owner.entry(copy.owner.clone()).or_default() += len;
+        }
+        self.copies.entry(id).or_default().push(copy);
+    }
+
+    fn remove(&mut self, id: &ShardId, owner: &str) -> Option<Copy> {
+        let copies = self.copies.get_mut(id)?;
+        let pos = copies.iter().position(|c| c.owner == owner)?;
+        let copy = copies.remove(pos);
+        if copies.is_empty() {
+            self.copies.remove(id);
+        }
+        let len = u64::from(copy.len);
+        if copy.trashed {
+            self.trash = self.trash.saturating_sub(len);
+        } else {
+            self.used = self.used.saturating_sub(len);
+            if let Some(u) = self.by_owner.get_mut(&copy.owner) {
+                *u = u.saturating_sub(len);
+            }
+        }
+        Some(copy)
+    }
+}
+
+/// What a sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Copies whose lease ran out, moved to the trash.
+    pub trashed: u64,
+    /// Copies deleted from the trash.
+    pub deleted: u64,
+    pub deleted_bytes: u64,
 }
 
 /// The shards this node holds for others.
@@ -77,6 +145,7 @@ pub struct ShardStore {
     offer: std::sync::atomic::AtomicU64,
     /// Most bytes one owner may hold here (`u64::MAX`: the whole offer).
     per_owner: std::sync::atomic::AtomicU64,
+    terms: Mutex<LeaseTerms>,
     index: Mutex<Index>,
 }
 
@@ -87,9 +156,19 @@ impl std::fmt::Debug for ShardStore {
 }
 
 impl ShardStore {
-    /// Opens (creating) the store in `dir`, offering `offer` bytes to the pool.
+    /// Opens (creating) the store in `dir`, offering `offer` bytes to the pool, with the
+    /// default lease terms.
     pub fn open(dir: &Path, offer: u64) -> Result<ShardStore, ShardStoreError> {
-        for sub in ["shards", "tmp", "quarantine"] {
+        Self::open_with(dir, offer, LeaseTerms::default())
+    }
+
+    /// Opens (creating) the store in `dir` with lease terms `terms`.
+    pub fn open_with(
+        dir: &Path,
+        offer: u64,
+        terms: LeaseTerms,
+    ) -> Result<ShardStore, ShardStoreError> {
+        for sub in ["shards", "tmp", "quarantine", "trash"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| io(dir, e))?;
         }
         // Leftovers of puts interrupted by a crash: never acknowledged.
@@ -98,45 +177,66 @@ impl ShardStore {
                 let _ = fs::remove_file(e.path());
             }
         }
+        let now = now_secs();
         let mut index = Index::default();
         let shards = dir.join("shards");
+        let mut files = Vec::new();
         for sub in fs::read_dir(&shards).map_err(|e| io(&shards, e))?.flatten() {
-            let Ok(rd) = fs::read_dir(sub.path()) else {
+            if let Ok(rd) = fs::read_dir(sub.path()) {
+                files.extend(rd.flatten().map(|f| (f, false)));
+            }
+        }
+        let trash = dir.join("trash");
+        files.extend(
+            fs::read_dir(&trash)
+                .map_err(|e| io(&trash, e))?
+                .flatten()
+                .map(|f| (f, true)),
+        );
+        for (f, trashed) in files {
+            let name = f.file_name();
+            let Some((id, owner)) = name.to_str().and_then(parse_name) else {
                 continue;
             };
-            for f in rd.flatten() {
-                let name = f.file_name();
-                let Some((id, owner)) = name.to_str().and_then(parse_name) else {
-                    continue;
-                };
-                let len = f
-                    .metadata()
-                    .map(|m| m.len())
-                    .map_err(|e| io(&f.path(), e))?
-                    .saturating_sub(header_len_of(&f.path()).unwrap_or(0) as u64);
-                index.used += len;
-                *index.by_owner.entry(owner.clone()).or_default() += len;
-                index
-                    .copies
-                    .entry(id)
-                    .or_default()
-                    .push((owner, len as u32));
-            }
+            let path = f.path();
+            let size = f.metadata().map(|m| m.len()).map_err(|e| io(&path, e))?;
+            let (header, expires) = read_header(&path).unwrap_or((0, 0));
+            // A copy written before leases existed: a full lease from now.
+            let expires = if expires == 0 {
+                now + terms.lease.as_secs()
+            } else {
+                expires
+            };
+            let len = size.saturating_sub(header as u64) as u32;
+            index.add(
+                id,
+                Copy {
+                    owner,
+                    len,
+                    expires,
+                    trashed,
+                },
+            );
         }
         Ok(ShardStore {
             dir: dir.to_path_buf(),
             offer: std::sync::atomic::AtomicU64::new(offer),
             per_owner: std::sync::atomic::AtomicU64::new(u64::MAX),
+            terms: Mutex::new(terms),
             index: Mutex::new(index),
         })
     }
 
-    fn path_of(&self, id: &ShardId, owner: &str) -> PathBuf {
+    fn path_of(&self, id: &ShardId, owner: &str, trashed: bool) -> PathBuf {
         let hex = id.to_hex();
-        self.dir
-            .join("shards")
-            .join(&hex[..2])
-            .join(format!("{hex}-{owner}"))
+        if trashed {
+            self.dir.join("trash").join(format!("{hex}-{owner}"))
+        } else {
+            self.dir
+                .join("shards")
+                .join(&hex[..2])
+                .join(format!("{hex}-{owner}"))
+        }
     }
 
     /// Bytes offered to the pool.
@@ -155,9 +255,19 @@ impl ShardStore {
         self.per_owner.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Bytes held (and being written).
+    /// The lease and trash periods.
+    pub fn terms(&self) -> LeaseTerms {
+        *self.terms.lock()
+    }
+
+    /// Bytes held under lease (and being written).
     pub fn used(&self) -> u64 {
         self.index.lock().used
+    }
+
+    /// Bytes in the trash.
+    pub fn trash_bytes(&self) -> u64 {
+        self.index.lock().trash
     }
 
     /// Bytes held for `owner`.
@@ -166,12 +276,19 @@ impl ShardStore {
         self.index.lock().by_owner.get(&tag).copied().unwrap_or(0)
     }
 
-    /// Number of shard copies held.
+    /// Number of shard copies held under lease.
     pub fn count(&self) -> usize {
-        self.index.lock().copies.values().map(|v| v.len()).sum()
+        self.index
+            .lock()
+            .copies
+            .values()
+            .flatten()
+            .filter(|c| !c.trashed)
+            .count()
     }
 
-    /// Stores `bytes` as shard `id` for `owner` (synced before returning `Stored`).
+    /// Stores `bytes` as shard `id` for `owner` (synced before returning `Stored`). A copy
+    /// already held has its lease renewed.
     pub fn put(
         &self,
         owner: &[u8],
@@ -186,13 +303,12 @@ impl ShardStore {
         }
         let tag = owner_tag(owner);
         let len = bytes.len() as u64;
+        let expires = now_secs() + self.terms().lease.as_secs();
         {
             let mut ix = self.index.lock();
-            if ix
-                .copies
-                .get(id)
-                .is_some_and(|c| c.iter().any(|(o, _)| *o == tag))
-            {
+            if ix.copy_mut(id, &tag).is_some() {
+                drop(ix);
+                self.renew_one(&tag, id, expires)?;
                 return Ok(PutOutcome::Stored); // already held for this owner
             }
             if ix.used + len > self.offered() {
@@ -208,16 +324,23 @@ impl ShardStore {
             }
             ix.used += len; // counted now: concurrent puts cannot overrun the offer
         }
-        let written = self.write_copy(owner, &tag, id, bytes);
+        let written = self.write_copy(owner, &tag, id, bytes, expires);
         let mut ix = self.index.lock();
+        ix.used -= len;
         match written {
             Ok(()) => {
-                *ix.by_owner.entry(tag.clone()).or_default() += len;
-                ix.copies.entry(*id).or_default().push((tag, len as u32));
+                ix.add(
+                    *id,
+                    Copy {
+                        owner: tag,
+                        len: len as u32,
+                        expires,
+                        trashed: false,
+                    },
+                );
                 Ok(PutOutcome::Stored)
             }
             Err(e) => {
-                ix.used -= len;
                 if let ShardStoreError::Io { source, .. } = &e
                     && matches!(
                         source.raw_os_error(),
@@ -237,8 +360,9 @@ impl ShardStore {
         tag: &str,
         id: &ShardId,
         bytes: &[u8],
+        expires: u64,
     ) -> Result<(), ShardStoreError> {
-        let final_path = self.path_of(id, tag);
+        let final_path = self.path_of(id, tag, false);
         let tmp =
             self.dir
                 .join("tmp")
@@ -251,7 +375,9 @@ impl ShardStore {
             header.push(owner.len() as u8);
             header.extend_from_slice(&[0, 0]);
             header.extend_from_slice(owner);
-            header.extend_from_slice(&[0u8; RESERVED]);
+            let mut reserved = [0u8; RESERVED];
+            reserved[..8].copy_from_slice(&expires.to_le_bytes());
+            header.extend_from_slice(&reserved);
             f.write_all(&header)?;
             f.write_all(bytes)?;
             f.sync_all()?;
@@ -269,20 +395,23 @@ impl ShardStore {
         result.map_err(|e| io(&final_path, e))
     }
 
-    /// The bytes of shard `id` (any owner's copy), verified. A copy that fails verification
-    /// is quarantined and not returned.
+    /// The bytes of shard `id` (any owner's copy, also one in the trash), verified. A copy
+    /// that fails verification is quarantined and not returned.
     pub fn get(&self, id: &ShardId) -> Result<Option<Vec<u8>>, ShardStoreError> {
-        let owners: Vec<String> = match self.index.lock().copies.get(id) {
-            Some(c) => c.iter().map(|(o, _)| o.clone()).collect(),
+        let copies: Vec<(String, bool)> = match self.index.lock().copies.get(id) {
+            Some(c) => c.iter().map(|c| (c.owner.clone(), c.trashed)).collect(),
             None => return Ok(None),
         };
-        for owner in owners {
-            let path = self.path_of(id, &owner);
+        for (owner, trashed) in copies {
+            let path = self.path_of(id, &owner, trashed);
             let mut data = Vec::new();
             match File::open(&path).and_then(|mut f| f.read_to_end(&mut data)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.forget(id, &owner);
+                    // Moved by a sweep or a renewal meanwhile, or deleted behind our back.
+                    if !self.path_of(id, &owner, !trashed).exists() {
+                        self.index.lock().remove(id, &owner);
+                    }
                     continue;
                 }
                 Err(e) => return Err(io(&path, e)),
@@ -300,64 +429,155 @@ impl ShardStore {
                     .join("quarantine")
                     .join(path.file_name().expect("shard files have names")),
             );
-            self.forget(id, &owner);
+            self.index.lock().remove(id, &owner);
         }
         Ok(None)
     }
 
-    fn forget(&self, id: &ShardId, owner: &str) {
-        let mut ix = self.index.lock();
-        let Some(copies) = ix.copies.get_mut(id) else {
-            return;
-        };
-        let Some(pos) = copies.iter().position(|(o, _)| o == owner) else {
-            return;
-        };
-        let (_, len) = copies.remove(pos);
-        if copies.is_empty() {
-            ix.copies.remove(id);
-        }
-        ix.used = ix.used.saturating_sub(u64::from(len));
-        if let Some(u) = ix.by_owner.get_mut(owner) {
-            *u = u.saturating_sub(u64::from(len));
-        }
-    }
-
-    /// Which of `ids` are held for `owner`.
+    /// Which of `ids` are held for `owner` under lease.
     pub fn has(&self, owner: &[u8], ids: &[ShardId]) -> Vec<bool> {
         let tag = owner_tag(owner);
-        let ix = self.index.lock();
+        let mut ix = self.index.lock();
         ids.iter()
-            .map(|id| {
-                ix.copies
-                    .get(id)
-                    .is_some_and(|c| c.iter().any(|(o, _)| *o == tag))
-            })
+            .map(|id| ix.copy_mut(id, &tag).is_some_and(|c| !c.trashed))
             .collect()
     }
 
-    /// Removes `owner`'s copies of `ids`; returns how many there were. Only the owner that
-    /// stored a copy can release it.
+    /// Renews `owner`'s leases on `ids` (a copy in the trash comes back); says which are
+    /// held. The new expiry is written into each copy's header (not synced: a crash loses at
+    /// most a renewal, and owners renew at a third of the lease).
+    pub fn renew(&self, owner: &[u8], ids: &[ShardId]) -> Result<Vec<bool>, ShardStoreError> {
+        self.renew_at(owner, ids, now_secs())
+    }
+
+    /// [`renew`](Self::renew) as if the clock said `now`.
+    fn renew_at(
+        &self,
+        owner: &[u8],
+        ids: &[ShardId],
+        now: u64,
+    ) -> Result<Vec<bool>, ShardStoreError> {
+        let tag = owner_tag(owner);
+        let expires = now + self.terms().lease.as_secs();
+        ids.iter()
+            .map(|id| self.renew_one(&tag, id, expires))
+            .collect()
+    }
+
+    fn renew_one(&self, tag: &str, id: &ShardId, expires: u64) -> Result<bool, ShardStoreError> {
+        let mut ix = self.index.lock();
+        let Some(copy) = ix.copy_mut(id, tag) else {
+            return Ok(false);
+        };
+        let mut copy = copy.clone();
+        let from = self.path_of(id, tag, copy.trashed);
+        if copy.trashed {
+            let to = self.path_of(id, tag, false);
+            fs::create_dir_all(to.parent().expect("shard paths have a parent"))
+                .map_err(|e| io(&to, e))?;
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    ix.remove(id, tag);
+                    return Ok(false);
+                }
+                Err(e) => return Err(io(&from, e)),
+            }
+            ix.remove(id, tag);
+            copy.trashed = false;
+            copy.expires = expires;
+            tracing::info!(target: "bitcloud::node", shard = %id.short(), "a renewed shard came back from the trash");
+            write_expiry(&to, expires).map_err(|e| io(&to, e))?;
+            ix.add(*id, copy);
+            return Ok(true);
+        }
+        match write_expiry(&from, expires) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ix.remove(id, tag);
+                return Ok(false);
+            }
+            Err(e) => return Err(io(&from, e)),
+        }
+        if let Some(c) = ix.copy_mut(id, tag) {
+            c.expires = expires;
+        }
+        Ok(true)
+    }
+
+    /// Moves copies whose lease ran out by `now` to the trash, and deletes those whose trash
+    /// period ended too.
+    pub fn sweep(&self, now: u64) -> Result<Swept, ShardStoreError> {
+        let trash = self.terms().trash.as_secs();
+        let due: Vec<(ShardId, String)> = {
+            let ix = self.index.lock();
+            ix.copies
+                .iter()
+                .flat_map(|(id, cs)| {
+                    cs.iter()
+                        .filter(|c| c.expires <= now && (!c.trashed || c.expires + trash <= now))
+                        .map(|c| (*id, c.owner.clone()))
+                })
+                .collect()
+        };
+        let mut swept = Swept::default();
+        for (id, owner) in due {
+            let mut ix = self.index.lock();
+            // Checked again: a renewal may have come in since.
+            let Some(copy) = ix.copy_mut(&id, &owner).map(|c| c.clone()) else {
+                continue;
+            };
+            let path = self.path_of(&id, &owner, copy.trashed);
+            if copy.trashed && copy.expires + trash <= now {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path, e)),
+                }
+                ix.remove(&id, &owner);
+                swept.deleted += 1;
+                swept.deleted_bytes += u64::from(copy.len);
+            } else if !copy.trashed && copy.expires <= now {
+                let to = self.path_of(&id, &owner, true);
+                match fs::rename(&path, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        ix.remove(&id, &owner);
+                        continue;
+                    }
+                    Err(e) => return Err(io(&path, e)),
+                }
+                ix.remove(&id, &owner);
+                ix.add(
+                    id,
+                    Copy {
+                        trashed: true,
+                        ..copy
+                    },
+                );
+                swept.trashed += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Removes `owner`'s copies of `ids` (also from the trash); returns how many there
+    /// were. Only the owner that stored a copy can release it.
     pub fn release(&self, owner: &[u8], ids: &[ShardId]) -> Result<u32, ShardStoreError> {
         let tag = owner_tag(owner);
         let mut released = 0;
         for id in ids {
-            let held = self
-                .index
-                .lock()
-                .copies
-                .get(id)
-                .is_some_and(|c| c.iter().any(|(o, _)| *o == tag));
-            if !held {
+            let mut ix = self.index.lock();
+            let Some(trashed) = ix.copy_mut(id, &tag).map(|c| c.trashed) else {
                 continue;
-            }
-            let path = self.path_of(id, &tag);
+            };
+            let path = self.path_of(id, &tag, trashed);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io(&path, e)),
             }
-            self.forget(id, &tag);
+            ix.remove(id, &tag);
             released += 1;
         }
         Ok(released)
@@ -373,11 +593,43 @@ fn header_len(data: &[u8]) -> Option<usize> {
     (data.len() >= h).then_some(h)
 }
 
-fn header_len_of(path: &Path) -> Option<usize> {
+/// A shard file's header length and lease expiry (0: written before leases).
+fn read_header(path: &Path) -> Option<(usize, u64)> {
     let mut f = File::open(path).ok()?;
+    let mut head = [0u8; FIXED_HEADER + 255 + RESERVED];
+    let n = read_up_to(&mut f, &mut head).ok()?;
+    let h = header_len(&head[..n])?;
+    let expires = u64::from_le_bytes(head[h - RESERVED..h - RESERVED + 8].try_into().ok()?);
+    Some((h, expires))
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes a copy's lease expiry into its header, in place.
+fn write_expiry(path: &Path, expires: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().read(true).write(true).open(path)?;
     let mut head = [0u8; FIXED_HEADER];
-    f.read_exact(&mut head).ok()?;
-    (&head[..4] == MAGIC && head[4] == 1).then(|| FIXED_HEADER + head[5] as usize + RESERVED)
+    f.read_exact_at(&mut head, 0)?;
+    if &head[..4] != MAGIC || head[4] != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a shard file",
+        ));
+    }
+    f.write_all_at(
+        &expires.to_le_bytes(),
+        (FIXED_HEADER + head[5] as usize) as u64,
+    )
 }
 
 fn parse_name(name: &str) -> Option<(ShardId, String)> {
@@ -397,100 +649,4 @@ fn free_space(dir: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::erasure::shard_id;
-
-    #[test]
-    fn put_get_release_with_offer_and_owners() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = ShardStore::open(dir.path(), 10_000).unwrap();
-        let a = vec![1u8; 4000];
-        let b = vec![2u8; 4000];
-        let (ia, ib) = (shard_id(&a), shard_id(&b));
-        assert!(matches!(
-            s.put(b"alice", &ia, &a).unwrap(),
-            PutOutcome::Stored
-        ));
-        assert!(
-            matches!(s.put(b"alice", &ia, &a).unwrap(), PutOutcome::Stored),
-            "idempotent"
-        );
-        assert!(matches!(
-            s.put(b"alice", &ia, &b).unwrap(),
-            PutOutcome::Refused(Refusal::BadHash)
-        ));
-        assert!(matches!(
-            s.put(b"bob", &ib, &b).unwrap(),
-            PutOutcome::Stored
-        ));
-        assert!(matches!(
-            s.put(b"bob", &ia, &a).unwrap(),
-            PutOutcome::Refused(Refusal::OfferFull)
-        ));
-        assert_eq!(s.used(), 8000);
-        assert_eq!(s.used_by(b"alice"), 4000);
-        assert_eq!(s.get(&ia).unwrap().unwrap(), a);
-        assert_eq!(s.has(b"alice", &[ia, ib]), vec![true, false]);
-        // Bob cannot release Alice's shard.
-        assert_eq!(s.release(b"bob", &[ia]).unwrap(), 0);
-        assert!(s.get(&ia).unwrap().is_some());
-        // Reopened: the index comes back from the files.
-        drop(s);
-        let s = ShardStore::open(dir.path(), 10_000).unwrap();
-        assert_eq!((s.used(), s.count()), (8000, 2));
-        assert_eq!(s.release(b"alice", &[ia, ib]).unwrap(), 1);
-        assert!(s.get(&ia).unwrap().is_none());
-        assert_eq!(s.used(), 4000);
-    }
-
-    #[test]
-    fn one_owner_cannot_take_more_than_its_share() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = ShardStore::open(dir.path(), 10_000).unwrap();
-        s.set_per_owner(5_000);
-        let shard = |b: u8| {
-            let v = vec![b; 3000];
-            (shard_id(&v), v)
-        };
-        let (i1, s1) = shard(1);
-        let (i2, s2) = shard(2);
-        assert!(matches!(
-            s.put(b"alice", &i1, &s1).unwrap(),
-            PutOutcome::Stored
-        ));
-        assert!(matches!(
-            s.put(b"alice", &i2, &s2).unwrap(),
-            PutOutcome::Refused(Refusal::OfferFull)
-        ));
-        // Another owner still has room.
-        assert!(matches!(
-            s.put(b"bob", &i2, &s2).unwrap(),
-            PutOutcome::Stored
-        ));
-        assert_eq!(s.used_by(b"alice"), 3000);
-    }
-
-    #[test]
-    fn damaged_copies_are_quarantined_not_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = ShardStore::open(dir.path(), 1 << 20).unwrap();
-        let a = vec![7u8; 5000];
-        let id = shard_id(&a);
-        s.put(b"alice", &id, &a).unwrap();
-        let path = s.path_of(&id, &owner_tag(b"alice"));
-        let mut raw = std::fs::read(&path).unwrap();
-        let n = raw.len();
-        raw[n - 1] ^= 1;
-        std::fs::write(&path, raw).unwrap();
-        assert!(s.get(&id).unwrap().is_none());
-        assert!(!path.exists());
-        assert_eq!(s.used(), 0);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("quarantine"))
-                .unwrap()
-                .count(),
-            1
-        );
-    }
-}
+mod tests;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::ids::ShardId;
 use crate::node::protocol::Refusal;
 use crate::pipeline::erasure::shard_id;
 
@@ -23,6 +24,7 @@ async fn node_allowing(
         mdns: false,
         store: offer.map(|o| (dir.join(format!("{name}-shards")), o)),
         owner_share: 1.0,
+        leases: Default::default(),
         allow,
     })
     .await
@@ -182,4 +184,76 @@ async fn a_private_pool_serves_its_members_only() {
     assert!(!s.peers.get(&m.id).is_some_and(|p| p.connected));
     // The member is served as before.
     assert_eq!(a.client.get(s.id, id).await.unwrap(), bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_peer_is_bounded_counted_and_cut_off() {
+    use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = node(dir.path(), "store", Some(1 << 20)).await;
+    let flooder = node(dir.path(), "flooder", None).await;
+    let honest = node(dir.path(), "honest", None).await;
+    let (s, f, h) = (store.handle(), flooder.handle(), honest.handle());
+    let addr = s.listen_addrs()[0].clone();
+    f.dial(addr.clone()).await.unwrap();
+    h.dial(addr).await.unwrap();
+    let ask = |req: protocol::Request, body: bool| {
+        let mut control = f.client.control.clone();
+        let peer = s.id;
+        async move {
+            let mut st = control
+                .open_stream(peer, behaviour::SHARD_PROTOCOL)
+                .await
+                .ok()?;
+            st.write_all(&req.encode()).await.ok()?;
+            if body {
+                let _ = st.close().await;
+            }
+            let mut head = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), st.read_exact(&mut head))
+                .await
+                .ok()?
+                .ok()?;
+            let mut frame = vec![0u8; protocol::frame_len(head).ok()?];
+            st.read_exact(&mut frame).await.ok()?;
+            protocol::Response::decode(&frame).ok()
+        }
+    };
+    // Puts whose bodies never come hold the flooder's whole share of the node...
+    let mut stalled = Vec::new();
+    for i in 0..server::PER_PEER {
+        let mut control = f.client.control.clone();
+        let req = protocol::Request::Put {
+            id: ShardId([i as u8; 32]),
+            len: 1000,
+        };
+        let mut st = control
+            .open_stream(s.id, behaviour::SHARD_PROTOCOL)
+            .await
+            .unwrap();
+        st.write_all(&req.encode()).await.unwrap();
+        stalled.push(st);
+    }
+    // ... so each request past it is answered Busy at once, and counted.
+    let mut busy = 0;
+    for _ in 0..120 {
+        if ask(protocol::Request::Info, true).await
+            == Some(protocol::Response::Refused(Refusal::Busy))
+        {
+            busy += 1;
+        }
+    }
+    assert!(busy >= 100, "only {busy} of 120 refused as busy");
+    let state = s.peers.get(&f.id).unwrap();
+    assert!(state.floods >= 100 && state.banned(), "{state:?}");
+    // Another peer is served as if nothing happened.
+    let bytes = vec![9u8; 500];
+    h.client.put(s.id, shard_id(&bytes), &bytes).await.unwrap();
+    assert_eq!(h.client.get(s.id, shard_id(&bytes)).await.unwrap(), bytes);
+    // The flooder, banned by its score, gets no answer at all now.
+    drop(stalled);
+    assert_eq!(ask(protocol::Request::Info, true).await, None);
+    for n in [store, flooder, honest] {
+        n.stop().await;
+    }
 }

@@ -1,7 +1,9 @@
 //! Releasing the shards of collected blocks on the peers that hold them. A block leaves
 //! the release queue once every holder has answered a release (releasing what a node no
 //! longer has is harmless, so retries are safe). Holders that cannot be reached are tried
-//! again later; the row waits for them.
+//! again later; the row waits for them while they are live (within the repair grace), and
+//! gives up on one that stays away longer: its copy is no longer renewed, so its lease runs
+//! out and the holder deletes it by itself (see [`lease`](super::lease)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +60,10 @@ async fn release(shared: &Shared, batch: Vec<(BlockId, Vec<crate::meta::placemen
         for chunk in shards.chunks(MAX_IDS) {
             let ids: Vec<ShardId> = chunk.iter().map(|(s, _)| *s).collect();
             if let Err(e) = shared.node.client.release(peer, &ids).await {
+                if !shared.holder_live(&peer.to_bytes(), &ids[0]) {
+                    tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "a holder away for longer than the grace period: its copies are left to their leases");
+                    continue;
+                }
                 tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "release failed; will retry");
                 failed.extend(chunk.iter().map(|(_, b)| *b));
             }

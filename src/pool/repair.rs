@@ -247,6 +247,23 @@ fn live_shards(shared: &Shared, p: &Placement) -> usize {
         .count()
 }
 
+/// Repairs block `id` at once (for `fsck --repair`), bounded in time like every repair.
+pub(super) async fn repair_now(shared: &Arc<Shared>, id: BlockId) -> Result<(), String> {
+    let most = shared.config.read_timeout * 2 + Duration::from_secs(60);
+    match tokio::time::timeout(most, repair_one(shared, id)).await {
+        Ok(Outcome::Repaired) | Ok(Outcome::Gone) => Ok(()),
+        Ok(Outcome::Short) => Err(
+            "too few peers in failure domains the block does not use yet; \
+             the repairer places the rest when the pool grows"
+                .into(),
+        ),
+        Ok(Outcome::Retry) => Err("the missing shards could not be rebuilt and placed now; \
+             the repairer keeps trying"
+            .into()),
+        Err(_) => Err("the repair took too long; the repairer keeps trying".into()),
+    }
+}
+
 async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
     let Some(volume) = shared.volume.upgrade() else {
         return Outcome::Gone;

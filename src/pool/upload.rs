@@ -187,14 +187,9 @@ async fn nap(shared: &Shared, d: Duration) {
 /// shards of a block whose other shards sit on `holders` may go.
 pub(super) fn free_candidates(shared: &Shared, holders: &[Vec<u8>]) -> Vec<(PeerId, Candidate)> {
     let all = candidates(shared);
-    let used_domains: Vec<Vec<u8>> = all
-        .iter()
-        .filter(|(_, c)| holders.contains(&c.peer))
-        .map(|(_, c)| c.domain.clone())
-        .collect();
-    all.into_iter()
-        .filter(|(_, c)| !holders.contains(&c.peer) && !used_domains.contains(&c.domain))
-        .collect()
+    let cands: Vec<Candidate> = all.iter().map(|(_, c)| c.clone()).collect();
+    let free = crate::node::placement::free(&cands, holders);
+    free.into_iter().map(|i| all[i].clone()).collect()
 }
 
 /// Peers that may receive shards now, as placement candidates.

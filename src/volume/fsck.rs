@@ -9,7 +9,9 @@
 //! 2. **data**: every block is read (from its file or the inline table), decrypted and checked
 //!    against its block id, i.e. every byte of every file is verified (`verify_data`; else
 //!    only its presence and size);
-//! 3. **store**: block files that no metadata references (leftovers of a crash).
+//! 3. **store**: block files that no metadata references (leftovers of a crash);
+//! 4. **pool** (through a mount with peers, not with `--quick`): every holder of every shard
+//!    proves it has it now (`fsck/pool.rs`); `--repair` rebuilds failed shards elsewhere.
 //!
 //! Repairs: stray block files are deleted (also while mounted: under the same pins lock that
 //! guards garbage collection). Metadata repairs (refcounts, link counts, dangling entries and
@@ -18,6 +20,7 @@
 //! from its shards. Data the pool does not hold cannot be repaired from this machine alone:
 //! the report names the affected files.
 
+mod pool;
 mod report;
 mod reserved;
 
@@ -137,6 +140,12 @@ impl Volume {
         }
         c.check_store(&blocks)?;
         drop(snap);
+        let remote = self.remote.remote.read().clone();
+        if opts.verify_data
+            && let Some(remote) = remote
+        {
+            c.check_pool(remote.as_ref())?;
+        }
         if opts.repair && !opts.online && !c.fixes.is_empty() {
             c.apply_fixes()?;
         }

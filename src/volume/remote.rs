@@ -40,6 +40,44 @@ pub trait Remote: Send + Sync {
     /// Whether a placed shard still counts: its holder answers (or has been silent less
     /// than the repair grace period) and has not lost or corrupted it.
     fn holder_live(&self, shard: &ShardPlace) -> bool;
+
+    /// Audits every placed shard of block `id` on its holder now (`fsck` with peers); one
+    /// verdict per shard of `placement`, in order.
+    fn check_shards(&self, id: &BlockId, placement: &Placement) -> Vec<ShardCheck>;
+
+    /// Rebuilds the shards of `id` at `failed` (indexes into `placement`) on other peers now,
+    /// whatever the grace period (`fsck --repair`).
+    fn respread(
+        &self,
+        id: &BlockId,
+        placement: &Placement,
+        failed: &[usize],
+    ) -> std::result::Result<(), String>;
+
+    /// What the pool's upkeep has done so far.
+    fn counters(&self) -> PoolCounters {
+        PoolCounters::default()
+    }
+}
+
+/// What an audit of one placed shard found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardCheck {
+    /// The holder proved it has the shard.
+    Good,
+    /// The holder does not have it, or sent a proof that does not verify.
+    Bad(String),
+    /// The holder did not answer.
+    NoAnswer(String),
+    /// No holder.
+    Unplaced,
+}
+
+/// What the pool's upkeep has done since it started.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct PoolCounters {
+    pub repaired_shards: u64,
+    pub renewed_leases: u64,
 }
 
 /// The erasure scheme of a volume made without `--shards`: 4 data + 4 parity shards (any 4
@@ -101,6 +139,7 @@ pub struct RemoteStatus {
     pub cache_used_bytes: u64,
     pub cache_limit_bytes: Option<u64>,
     pub releases_pending: u64,
+    pub counters: PoolCounters,
 }
 
 /// What `cache drop` (or the cache limit) did.
@@ -331,6 +370,7 @@ impl Volume {
             cache_used_bytes: self.store.disk_bytes(),
             cache_limit_bytes: self.cache_limit(),
             releases_pending: tx.release_queue(usize::MAX)?.len() as u64,
+            counters: remote.map(|r| r.counters()).unwrap_or_default(),
         })
     }
 

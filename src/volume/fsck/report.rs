@@ -40,6 +40,12 @@ pub enum ProblemKind {
     StrayBlockFile,
     /// fallocate reservations that disagree with their file (only miscounts space).
     Reservation,
+    /// Holders of some of a block's shards failed or missed an audit just now: the block
+    /// has less redundancy in the pool than its scheme promises.
+    ShortOfShards,
+    /// Fewer than `k` of a block's shards proved, and no local copy: the block cannot be
+    /// read back now.
+    UnrecoverableInPool,
 }
 
 impl ProblemKind {
@@ -56,6 +62,8 @@ impl ProblemKind {
             ProblemKind::DamagedRecord => "damaged metadata record",
             ProblemKind::StrayBlockFile => "stray block file",
             ProblemKind::Reservation => "wrong space reservation",
+            ProblemKind::ShortOfShards => "block short of shards in the pool",
+            ProblemKind::UnrecoverableInPool => "block not recoverable from the pool",
         }
     }
 
@@ -70,6 +78,7 @@ impl ProblemKind {
                 | ProblemKind::DamagedName
                 | ProblemKind::DamagedRecord
                 | ProblemKind::UnreachableInode
+                | ProblemKind::UnrecoverableInPool
         )
     }
 }
@@ -103,6 +112,12 @@ pub struct FsckReport {
     pub data_verified: bool,
     pub problems: Vec<Problem>,
     pub seconds: f64,
+    /// Shards audited on their holders (through a mount with a pool).
+    #[serde(default)]
+    pub shards_audited: u64,
+    /// Of those, shards whose holder proved it has them.
+    #[serde(default)]
+    pub shards_proved: u64,
 }
 
 impl FsckReport {
@@ -131,6 +146,12 @@ impl FsckReport {
                 ""
             },
         );
+        if self.shards_audited > 0 {
+            out.push_str(&format!(
+                "pool: {} of {} shards proved by their holders\n",
+                self.shards_proved, self.shards_audited
+            ));
+        }
         if self.problems.is_empty() {
             out.push_str("no problems found\n");
             return out;
@@ -162,14 +183,24 @@ impl FsckReport {
             .any(|p| !p.repaired && p.kind.loses_data())
         {
             out.push_str(
-                "Data damaged on this machine has no other copy yet (no peers): restore the files \
-                 listed from a backup, or delete them.\n",
+                "Data damaged here and not rebuildable from the pool now: bring the peers that \
+                 hold it back, or restore the files listed from a backup, or delete them.\n",
             );
         }
         if self
             .problems
             .iter()
-            .any(|p| !p.repaired && !p.kind.loses_data())
+            .any(|p| !p.repaired && p.kind == ProblemKind::ShortOfShards)
+        {
+            out.push_str(
+                "Run `bitcloud fsck --repair` while mounted to rebuild the missing shards on \
+                 other peers now (the repairer does it by itself after pool.repair_grace_secs).\n",
+            );
+        }
+        if self
+            .problems
+            .iter()
+            .any(|p| !p.repaired && !p.kind.loses_data() && p.kind != ProblemKind::ShortOfShards)
         {
             out.push_str(if self.online {
                 "Unmount, then run `bitcloud fsck --repair` to fix the metadata problems.\n"

@@ -1,0 +1,160 @@
+//! fsck of the pool (phase 4, through a mount with peers): every holder of every shard of
+//! every placed block proves it has it now ([`Remote::check_shards`]). A block whose
+//! holders do not all prove theirs is short of redundancy; one with fewer than `k` proved
+//! shards and no local copy cannot be read back now. With `--repair`, the failed shards are
+//! rebuilt on other peers at once ([`Remote::respread`]), whatever the grace period.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::{Checker, ProblemKind};
+use crate::ids::BlockId;
+use crate::meta::Reader;
+use crate::meta::placement::Placement;
+use crate::volume::Result;
+use crate::volume::remote::{Remote, ShardCheck};
+
+/// Placements read per step.
+const BATCH: usize = 1024;
+/// Blocks checked at once (each audits all its shards at once).
+const IN_FLIGHT: usize = 4;
+
+/// What the audits of one block found.
+struct BlockCheck {
+    id: BlockId,
+    placement: Placement,
+    checks: Vec<ShardCheck>,
+}
+
+impl Checker<'_> {
+    /// Phase 4 (see the module docs).
+    pub(super) fn check_pool(&mut self, remote: &dyn Remote) -> Result<()> {
+        let total = self.vol.meta.read()?.placement_count()?;
+        self.tick("pool", 0, total, false);
+        let mut done = 0u64;
+        let mut after: Option<BlockId> = None;
+        loop {
+            let batch = self.vol.placements(after.as_ref(), BATCH)?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(*last);
+            let end = batch.len() < BATCH;
+            let full: Vec<(BlockId, Placement)> =
+                batch.into_iter().filter(|(_, p)| p.is_full()).collect();
+            for c in audit_blocks(remote, full, &mut |n| {
+                self.tick("pool", done + n, total, false)
+            }) {
+                self.settle(remote, c)?;
+            }
+            done += BATCH as u64;
+            if end {
+                break;
+            }
+        }
+        self.tick("pool", total, total, false);
+        Ok(())
+    }
+
+    fn settle(&mut self, remote: &dyn Remote, c: BlockCheck) -> Result<()> {
+        let placed = c
+            .checks
+            .iter()
+            .filter(|s| **s != ShardCheck::Unplaced)
+            .count() as u64;
+        let proved = c.checks.iter().filter(|s| **s == ShardCheck::Good).count();
+        self.report.shards_audited += placed;
+        self.report.shards_proved += proved as u64;
+        if proved == c.checks.len() {
+            return Ok(());
+        }
+        // While mounted the block may have been freed meanwhile.
+        if self.vol.meta.read()?.block_record(&c.id)?.is_none() {
+            return Ok(());
+        }
+        let failed: Vec<usize> = (0..c.checks.len())
+            .filter(|&i| c.checks[i] != ShardCheck::Good)
+            .collect();
+        let why: Vec<String> = c
+            .checks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                ShardCheck::Bad(w) | ShardCheck::NoAnswer(w) => Some(format!("shard {i}: {w}")),
+                ShardCheck::Unplaced => Some(format!("shard {i}: not placed")),
+                ShardCheck::Good => None,
+            })
+            .collect();
+        let k = c.placement.data as usize;
+        let local =
+            self.vol.store.contains(&c.id) || self.vol.meta.read()?.inline_block(&c.id)?.is_some();
+        let kind = if proved < k && !local {
+            ProblemKind::UnrecoverableInPool
+        } else {
+            ProblemKind::ShortOfShards
+        };
+        let p = self.problem(
+            kind,
+            format!(
+                "block {}: {proved} of {} shards proved ({})",
+                c.id.short(),
+                c.checks.len(),
+                why.join("; ")
+            ),
+            vec![],
+        );
+        if !self.opts.repair || (proved < k && !local) {
+            return Ok(());
+        }
+        match remote.respread(&c.id, &c.placement, &failed) {
+            Ok(()) => {
+                self.report.problems[p].repaired = true;
+                self.report.problems[p]
+                    .detail
+                    .push_str(" (rebuilt on other peers)");
+            }
+            Err(e) => self.report.problems[p]
+                .detail
+                .push_str(&format!(" (not rebuilt: {e})")),
+        }
+        Ok(())
+    }
+}
+
+/// Audits the shards of `blocks`, [`IN_FLIGHT`] blocks at once; `progress` hears how many
+/// are done.
+fn audit_blocks(
+    remote: &dyn Remote,
+    blocks: Vec<(BlockId, Placement)>,
+    progress: &mut dyn FnMut(u64),
+) -> Vec<BlockCheck> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let out = parking_lot::Mutex::new(Vec::with_capacity(blocks.len()));
+    let step = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((id, p)) = blocks.get(i) else {
+            return false;
+        };
+        let checks = remote.check_shards(id, p);
+        out.lock().push(BlockCheck {
+            id: *id,
+            placement: p.clone(),
+            checks,
+        });
+        done.fetch_add(1, Ordering::Relaxed);
+        true
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..IN_FLIGHT {
+            scope.spawn(|| while step() {});
+        }
+        let mut last = std::time::Instant::now();
+        while step() {
+            if last.elapsed().as_millis() >= 100 {
+                progress(done.load(Ordering::Relaxed));
+                last = std::time::Instant::now();
+            }
+        }
+    });
+    let mut out = out.into_inner();
+    out.sort_by_key(|c| c.id);
+    out
+}
