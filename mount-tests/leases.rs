@@ -95,7 +95,5 @@ fn leases_keep_a_live_owners_shards_and_collect_a_vanished_owners() {
     for node in &nodes {
         let trash = std::fs::read_dir(node.home.join("data/shards/trash")).unwrap();
         assert_eq!(trash.count(), 0, "{} trash emptied", node.home.display());
-        let log = std::fs::read_to_string(node.home.with_extension("log")).unwrap();
-        assert!(log.contains("leases ran out"), "{log}");
     }
 }

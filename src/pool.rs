@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub repaired_shards: std::sync::atomic::AtomicU64,
     /// Leases renewed on holders.
     pub renewed_leases: std::sync::atomic::AtomicU64,
+    /// Blocks being repaired now (one repair per block at a time).
+    pub repairing: parking_lot::Mutex<std::collections::HashSet<BlockId>>,
 }
 
 /// Most (shard, holder) pairs remembered as lost.
@@ -189,6 +191,7 @@ impl Pool {
             started: std::time::SystemTime::now(),
             repaired_shards: Default::default(),
             renewed_leases: Default::default(),
+            repairing: Default::default(),
         });
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),

@@ -88,6 +88,8 @@ struct Index {
     /// Bytes in the trash (not counted against the offer).
     trash: u64,
     by_owner: HashMap<String, u64>,
+    /// Copies being written now: a second put of the same copy waits its turn (`Busy`).
+    writing: std::collections::HashSet<(ShardId, String)>,
 }
 
 impl Index {
@@ -322,10 +324,14 @@ impl ShardStore {
             if free_space(&self.dir).is_some_and(|free| free < len + DISK_MARGIN) {
                 return Ok(PutOutcome::Refused(Refusal::DiskFull));
             }
+            if !ix.writing.insert((*id, tag.clone())) {
+                return Ok(PutOutcome::Refused(Refusal::Busy));
+            }
             ix.used += len; // counted now: concurrent puts cannot overrun the offer
         }
         let written = self.write_copy(owner, &tag, id, bytes, expires);
         let mut ix = self.index.lock();
+        ix.writing.remove(&(*id, tag.clone()));
         ix.used -= len;
         match written {
             Ok(()) => {
@@ -363,10 +369,12 @@ impl ShardStore {
         expires: u64,
     ) -> Result<(), ShardStoreError> {
         let final_path = self.path_of(id, tag, false);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp =
             self.dir
                 .join("tmp")
-                .join(format!("{}-{tag}-{}", id.to_hex(), std::process::id()));
+                .join(format!("{}-{tag}-{}-{n}", id.to_hex(), std::process::id()));
         let result = (|| -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             let mut header = Vec::with_capacity(FIXED_HEADER + owner.len() + RESERVED);

@@ -51,6 +51,8 @@ enum Outcome {
     Retry,
     /// The block is gone (freed) or not the checker's business (still uploading).
     Gone,
+    /// Another repair of this block is running (the checker's, or `fsck --repair`'s).
+    Busy,
 }
 
 /// What the checker remembers between walks.
@@ -65,6 +67,7 @@ struct Memory {
 impl Memory {
     fn settle(&mut self, id: BlockId, o: Outcome, candidates: u64, most: Duration) {
         match o {
+            Outcome::Busy => {}
             Outcome::Repaired | Outcome::Gone => {
                 self.stuck.remove(&id);
                 self.backoff.remove(&id);
@@ -250,8 +253,18 @@ fn live_shards(shared: &Shared, p: &Placement) -> usize {
 /// Repairs block `id` at once (for `fsck --repair`), bounded in time like every repair.
 pub(super) async fn repair_now(shared: &Arc<Shared>, id: BlockId) -> Result<(), String> {
     let most = shared.config.read_timeout * 2 + Duration::from_secs(60);
-    match tokio::time::timeout(most, repair_one(shared, id)).await {
-        Ok(Outcome::Repaired) | Ok(Outcome::Gone) => Ok(()),
+    let outcome = tokio::time::timeout(most, async {
+        loop {
+            match repair_one(shared, id).await {
+                // The checker is at it: wait for it, then look again.
+                Outcome::Busy => tokio::time::sleep(Duration::from_millis(50)).await,
+                o => return o,
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Outcome::Repaired) | Ok(Outcome::Gone) | Ok(Outcome::Busy) => Ok(()),
         Ok(Outcome::Short) => Err(
             "too few peers in failure domains the block does not use yet; \
              the repairer places the rest when the pool grows"
@@ -265,6 +278,9 @@ pub(super) async fn repair_now(shared: &Arc<Shared>, id: BlockId) -> Result<(), 
 }
 
 async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
+    let Some(_claim) = Claim::take(shared, id) else {
+        return Outcome::Busy;
+    };
     let Some(volume) = shared.volume.upgrade() else {
         return Outcome::Gone;
     };
@@ -394,6 +410,27 @@ async fn repair_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
             Outcome::Retry
         }
         Err(_) => Outcome::Gone,
+    }
+}
+
+/// One repair of a block at a time: held while it runs.
+struct Claim<'a> {
+    shared: &'a Shared,
+    id: BlockId,
+}
+
+impl<'a> Claim<'a> {
+    fn take(shared: &'a Shared, id: BlockId) -> Option<Claim<'a>> {
+        // Not `then_some`: it would build (and drop, releasing the claim of the repair
+        // that holds it) a Claim even when the insert fails.
+        let fresh = shared.repairing.lock().insert(id);
+        fresh.then(|| Claim { shared, id })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.shared.repairing.lock().remove(&self.id);
     }
 }
 

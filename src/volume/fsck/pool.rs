@@ -18,11 +18,13 @@ const BATCH: usize = 1024;
 /// Blocks checked at once (each audits all its shards at once).
 const IN_FLIGHT: usize = 4;
 
-/// What the audits of one block found.
+/// What the audits of one block found, and what became of its re-spread.
 struct BlockCheck {
     id: BlockId,
     placement: Placement,
     checks: Vec<ShardCheck>,
+    /// `--repair` of a block short of shards: `Ok` rebuilt elsewhere, or why not.
+    respread: Option<std::result::Result<(), String>>,
 }
 
 impl Checker<'_> {
@@ -39,10 +41,11 @@ impl Checker<'_> {
             let end = batch.len() < BATCH;
             let full: Vec<(BlockId, Placement)> =
                 batch.into_iter().filter(|(_, p)| p.is_full()).collect();
-            for c in audit_blocks(remote, full, &mut |n| {
+            let repair = self.opts.repair;
+            for c in audit_blocks(remote, full, repair, &mut |n| {
                 self.tick("pool", done + n, total, false)
             }) {
-                self.settle(remote, c)?;
+                self.settle(c)?;
             }
             done += BATCH as u64;
             if end {
@@ -53,7 +56,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn settle(&mut self, remote: &dyn Remote, c: BlockCheck) -> Result<()> {
+    fn settle(&mut self, c: BlockCheck) -> Result<()> {
         let placed = c
             .checks
             .iter()
@@ -69,9 +72,6 @@ impl Checker<'_> {
         if self.vol.meta.read()?.block_record(&c.id)?.is_none() {
             return Ok(());
         }
-        let failed: Vec<usize> = (0..c.checks.len())
-            .filter(|&i| c.checks[i] != ShardCheck::Good)
-            .collect();
         let why: Vec<String> = c
             .checks
             .iter()
@@ -100,17 +100,15 @@ impl Checker<'_> {
             ),
             vec![],
         );
-        if !self.opts.repair || (proved < k && !local) {
-            return Ok(());
-        }
-        match remote.respread(&c.id, &c.placement, &failed) {
-            Ok(()) => {
+        match c.respread {
+            None => {}
+            Some(Ok(())) => {
                 self.report.problems[p].repaired = true;
                 self.report.problems[p]
                     .detail
                     .push_str(" (rebuilt on other peers)");
             }
-            Err(e) => self.report.problems[p]
+            Some(Err(e)) => self.report.problems[p]
                 .detail
                 .push_str(&format!(" (not rebuilt: {e})")),
         }
@@ -118,11 +116,14 @@ impl Checker<'_> {
     }
 }
 
-/// Audits the shards of `blocks`, [`IN_FLIGHT`] blocks at once; `progress` hears how many
-/// are done.
+/// Audits the shards of `blocks`, [`IN_FLIGHT`] blocks at once, and with `repair`
+/// re-spreads each block short of shards (from its local copy or `k` good shards; one with
+/// neither fails and says so). `progress` hears how many are done, at least every second whatever the pool
+/// does (a client stops waiting on a silent fsck).
 fn audit_blocks(
     remote: &dyn Remote,
     blocks: Vec<(BlockId, Placement)>,
+    repair: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Vec<BlockCheck> {
     let next = AtomicUsize::new(0);
@@ -134,24 +135,31 @@ fn audit_blocks(
             return false;
         };
         let checks = remote.check_shards(id, p);
+        let failed: Vec<usize> = (0..checks.len())
+            .filter(|&i| checks[i] != ShardCheck::Good)
+            .collect();
+        let respread = (repair && !failed.is_empty()).then(|| remote.respread(id, p, &failed));
         out.lock().push(BlockCheck {
             id: *id,
             placement: p.clone(),
             checks,
+            respread,
         });
         done.fetch_add(1, Ordering::Relaxed);
         true
     };
+    let running = AtomicUsize::new(IN_FLIGHT);
     std::thread::scope(|scope| {
-        for _ in 1..IN_FLIGHT {
-            scope.spawn(|| while step() {});
+        for _ in 0..IN_FLIGHT {
+            scope.spawn(|| {
+                while step() {}
+                running.fetch_sub(1, Ordering::Relaxed);
+            });
         }
-        let mut last = std::time::Instant::now();
-        while step() {
-            if last.elapsed().as_millis() >= 100 {
-                progress(done.load(Ordering::Relaxed));
-                last = std::time::Instant::now();
-            }
+        // This thread only reports.
+        while running.load(Ordering::Relaxed) > 0 {
+            progress(done.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     });
     let mut out = out.into_inner();
