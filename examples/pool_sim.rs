@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! cargo run --release --example pool_sim            # 200 nodes, 100,000 blocks
-//! cargo run --example pool_sim -- --quick           # 200 nodes, 10,000 blocks (CI)
+//! cargo run --example pool_sim -- --quick           # 200 nodes, 10,000 blocks
+//! cargo nextest run -E 'test(a_quick_simulation)'    # the same, as CI runs it
 //! cargo run --example pool_sim -- --nodes 500 --blocks 200000
 //! ```
 //! Exits 1 when an aim is missed (balance over 1.5x, repair reading more than k times the
@@ -258,7 +259,27 @@ fn gib(b: u64) -> f64 {
 }
 
 fn main() {
-    let a = args();
+    let failed = run(&args());
+    if !failed.is_empty() {
+        eprintln!("pool_sim: aims missed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+}
+
+/// CI runs the quick simulation as a test (`[[example]] test = true` in Cargo.toml).
+#[test]
+fn a_quick_simulation_meets_its_aims() {
+    let failed = run(&Args {
+        nodes: 200,
+        blocks: 10_000,
+        k: 4,
+        m: 4,
+    });
+    assert!(failed.is_empty(), "aims missed: {failed:?}");
+}
+
+/// Runs the simulation, printing as it goes; returns the aims missed.
+fn run(a: &Args) -> Vec<&'static str> {
     let (k, m) = (a.k, a.m);
     let mut rng = Rng(20_261_202);
     let mut failed = Vec::new();
@@ -384,8 +405,5 @@ fn main() {
         (SHARD * k as u64) >> 10
     );
     println!("simulated in {:.1} s", started.elapsed().as_secs_f64());
-    if !failed.is_empty() {
-        eprintln!("pool_sim: aims missed: {}", failed.join(", "));
-        std::process::exit(1);
-    }
+    failed
 }
