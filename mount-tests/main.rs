@@ -15,5 +15,6 @@ mod mounting;
 mod nodes;
 mod pool;
 mod posix;
+mod private;
 mod service;
 mod tools;

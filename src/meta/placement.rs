@@ -249,9 +249,18 @@ macro_rules! impl_placement_reads {
             /// block's current placement names on the same holder is left out (a repair may
             /// have put it back there): releasing it would delete a live copy.
             pub fn release_queue(&self, limit: usize) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
+                self.release_queue_after(None, limit)
+            }
+
+            /// [`release_queue`](Self::release_queue) from the block after `after` on.
+            pub fn release_queue_after(
+                &self,
+                after: Option<&BlockId>,
+                limit: usize,
+            ) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
                 let t = db!(self.txn.open_table(BLOCKS));
                 let mut out = Vec::new();
-                for (id, v) in range(&t, keys::RELEASE, None, limit)? {
+                for (id, v) in range(&t, keys::RELEASE, after, limit)? {
                     let mut shards = decode_release(&v)?;
                     if let Some(p) = db!(t.get(&keys::block(keys::PLACEMENT, &id)[..])) {
                         let p = Placement::decode(p.value())?;

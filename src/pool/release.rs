@@ -1,9 +1,11 @@
 //! Releasing the shards of collected blocks on the peers that hold them. A block leaves
 //! the release queue once every holder has answered a release (releasing what a node no
 //! longer has is harmless, so retries are safe). Holders that cannot be reached are tried
-//! again later; the row waits for them while they are live (within the repair grace), and
-//! gives up on one that stays away longer: its copy is no longer renewed, so its lease runs
-//! out and the holder deletes it by itself (see [`lease`](super::lease)).
+//! again later: a node that comes back gives up its surplus. The queue is read in turns
+//! (each batch after the last), so rows waiting for a holder that is away do not hold up
+//! the rest. A holder that never comes back keeps a row here (tens of bytes per shard);
+//! its copy is no longer renewed, so the node deletes it by itself when the lease runs out
+//! (see [`lease`](super::lease)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(shared: Arc<Shared>) {
+    let mut after: Option<BlockId> = None;
     loop {
         if shared.stopping() {
             return;
@@ -26,7 +29,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let Some(volume) = shared.volume.upgrade() else {
             return;
         };
-        let batch = tokio::task::spawn_blocking(move || volume.release_batch(BATCH)).await;
+        let from = after;
+        let batch =
+            tokio::task::spawn_blocking(move || volume.release_batch(from.as_ref(), BATCH)).await;
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -35,6 +40,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             Err(_) => return,
         };
+        // The next turn starts after this batch, or from the start once the end is reached.
+        after = (batch.len() == BATCH)
+            .then(|| batch.last().map(|(id, _)| *id))
+            .flatten();
         if !batch.is_empty() {
             release(&shared, batch).await;
         }
@@ -60,10 +69,6 @@ async fn release(shared: &Shared, batch: Vec<(BlockId, Vec<crate::meta::placemen
         for chunk in shards.chunks(MAX_IDS) {
             let ids: Vec<ShardId> = chunk.iter().map(|(s, _)| *s).collect();
             if let Err(e) = shared.node.client.release(peer, &ids).await {
-                if !shared.holder_live(&peer.to_bytes(), &ids[0]) {
-                    tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "a holder away for longer than the grace period: its copies are left to their leases");
-                    continue;
-                }
                 tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "release failed; will retry");
                 failed.extend(chunk.iter().map(|(_, b)| *b));
             }

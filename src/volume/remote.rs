@@ -257,9 +257,14 @@ impl Volume {
         Ok(live)
     }
 
-    /// Blocks with shards to release (collected, or replaced by a repair), and the shards.
-    pub fn release_batch(&self, limit: usize) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
-        Ok(self.meta.read()?.release_queue(limit)?)
+    /// Blocks with shards to release (collected, or replaced by a repair), and the shards,
+    /// from the block after `after` on.
+    pub fn release_batch(
+        &self,
+        after: Option<&BlockId>,
+        limit: usize,
+    ) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
+        Ok(self.meta.read()?.release_queue_after(after, limit)?)
     }
 
     /// Up to `limit` placements in block id order after `after` (the repairer's walk).
