@@ -72,7 +72,10 @@ fn add(paths: &Paths, multiaddr: &str) -> Result<()> {
 }
 
 fn list(paths: &Paths, json: bool) -> Result<()> {
-    let peers: Vec<PeerReport> = match running_socket(paths) {
+    let socket = running_socket(paths);
+    // Scores and audits exist only in a running node.
+    let running = socket.is_some();
+    let peers: Vec<PeerReport> = match socket {
         Some(socket) => {
             let line = control::request(&socket, "peers")?;
             let v: serde_json::Value = serde_json::from_str(&line)?;
@@ -105,7 +108,7 @@ fn list(paths: &Paths, json: bool) -> Result<()> {
     }
     for p in &peers {
         println!(
-            "{} {} {}{}{}",
+            "{} {} {}{}{} {}",
             p.id,
             if p.connected {
                 "connected"
@@ -120,6 +123,11 @@ fn list(paths: &Paths, json: bool) -> Result<()> {
                 format!(" holds {} of our shards", p.our_shards)
             } else {
                 String::new()
+            },
+            if running {
+                crate::daemon::status::peer_health(p)
+            } else {
+                "(not running: from config.toml)".into()
             }
         );
     }

@@ -399,22 +399,41 @@ pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreRepo
             p.addresses.first().map(String::as_str).unwrap_or("-"),
             human(p.offered_bytes.saturating_sub(p.used_bytes)),
             p.our_shards,
-            {
-                let mut extra = format!(
-                    " score {:.2} audits {}/{}",
-                    p.score,
-                    p.audits_passed,
-                    p.audits_passed + p.audits_failed
-                );
-                if p.bad_shards + p.lost_shards > 0 {
-                    extra.push_str(&format!(" BAD {} LOST {}", p.bad_shards, p.lost_shards));
-                }
-                if p.score < crate::node::peers::BANNED_BELOW {
-                    extra.push_str(" BANNED");
-                }
-                extra
-            }
+            { format!(" {}", peer_health(p)) }
         ));
+    }
+    s
+}
+
+/// A peer's reputation in a few words: score, audits passed of those run, last seen (when
+/// not connected), and what went wrong.
+pub fn peer_health(p: &PeerReport) -> String {
+    let mut s = format!(
+        "score {:.2} audits {}/{}",
+        p.score,
+        p.audits_passed,
+        p.audits_passed + p.audits_failed
+    );
+    if !p.connected {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match p.last_seen {
+            Some(t) => s.push_str(&format!(
+                " last seen {} ago",
+                crate::units::duration(now.saturating_sub(t))
+            )),
+            None => s.push_str(" never seen"),
+        }
+    }
+    if p.bad_shards + p.lost_shards > 0 {
+        s.push_str(&format!(" BAD {} LOST {}", p.bad_shards, p.lost_shards));
+    }
+    if p.floods > 0 {
+        s.push_str(&format!(" FLOODS {}", p.floods));
+    }
+    if p.score < crate::node::peers::BANNED_BELOW {
+        s.push_str(" BANNED");
     }
     s
 }
