@@ -20,18 +20,6 @@ fn fsck(home: &std::path::Path, args: &[&str]) -> (Option<i32>, serde_json::Valu
     (out.status.code(), report)
 }
 
-fn shard_files(node: &Node) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(dirs) = std::fs::read_dir(node.home.join("data/shards/shards")) {
-        for d in dirs.flatten() {
-            if let Ok(files) = std::fs::read_dir(d.path()) {
-                out.extend(files.flatten().map(|f| f.path()));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn fsck_audits_every_shard_and_repair_respreads_at_once() {
     let root = test_root("bitcloud-fsck-pool");
@@ -102,14 +90,7 @@ fn fsck_audits_every_shard_and_repair_respreads_at_once() {
         "{r}"
     );
     // Nothing of ours is left on the frozen node, and the pool is whole again.
-    let s = status(&m.home).unwrap();
-    let on_frozen = s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == frozen_id.as_str())
-        .map_or(0, |p| n(p, "/our_shards"));
-    assert_eq!(on_frozen, 0, "{s}");
+    assert_eq!(shards_on(&m, &frozen_id), Some(0));
     wait_full_redundancy(&m);
     let (code, r) = fsck(&home, &[]);
     assert_eq!(code, Some(0), "clean after the repair: {r}");

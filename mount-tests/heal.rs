@@ -2,20 +2,8 @@
 //! have their shards rebuilt on the others with no user action (from the pool alone: the
 //! local cache is dropped first), and a node that comes back gives up its surplus copies.
 
-use crate::harness::{Mount, bitcloud, sh};
+use crate::harness::{bitcloud, sh};
 use crate::nodes::*;
-
-/// How many shards of ours the peer `id` holds, by the mount's `status`.
-fn shards_on(m: &Mount, id: &str) -> Option<u64> {
-    let s = status(&m.home)?;
-    Some(
-        s["peers"]
-            .as_array()?
-            .iter()
-            .find(|p| p["id"] == id)
-            .map_or(0, |p| n(p, "/our_shards")),
-    )
-}
 
 #[test]
 fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
@@ -70,19 +58,6 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
     drop_caches(&m);
     assert_eq!(sums(&mnt), before);
     m.stop();
-}
-
-/// The shard files a node holds.
-fn shard_files(node: &Node) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(dirs) = std::fs::read_dir(node.home.join("data/shards/shards")) {
-        for d in dirs.flatten() {
-            if let Ok(files) = std::fs::read_dir(d.path()) {
-                out.extend(files.flatten().map(|f| f.path()));
-            }
-        }
-    }
-    out
 }
 
 #[test]

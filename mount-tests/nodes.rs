@@ -276,3 +276,28 @@ pub(crate) fn drop_caches(m: &Mount) {
 pub(crate) fn sums(dir: &Path) -> String {
     sh(dir, "find . -type f | sort | xargs -d '\\n' sha256sum")
 }
+
+/// How many shards of ours the peer `id` holds, by the mount's `status`.
+pub(crate) fn shards_on(m: &Mount, id: &str) -> Option<u64> {
+    let s = status(&m.home)?;
+    Some(
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id)
+            .map_or(0, |p| n(p, "/our_shards")),
+    )
+}
+
+/// The shard files a node holds.
+pub(crate) fn shard_files(node: &Node) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(node.home.join("data/shards/shards")) {
+        for d in dirs.flatten() {
+            if let Ok(files) = std::fs::read_dir(d.path()) {
+                out.extend(files.flatten().map(|f| f.path()));
+            }
+        }
+    }
+    out
+}

@@ -162,6 +162,41 @@ impl Shared {
     }
 }
 
+/// Placements read per step of a walk.
+const WALK_BATCH: usize = 1024;
+
+/// Walks every placement in block order, a page of [`WALK_BATCH`] at a time, handing each
+/// page to `each` (the repairer's and the renewer's walks). `None`: the volume went away; a
+/// failed read ends the walk early, logged with `what`.
+pub(crate) async fn walk_placements(
+    shared: &Shared,
+    what: &'static str,
+    mut each: impl FnMut(Vec<(BlockId, Placement)>),
+) -> Option<()> {
+    let mut after: Option<BlockId> = None;
+    loop {
+        let volume = shared.volume.upgrade()?;
+        let from = after;
+        let page =
+            tokio::task::spawn_blocking(move || volume.placements(from.as_ref(), WALK_BATCH))
+                .await
+                .ok()?;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: "bitcloud::pool", error = %e, what, "reading placements failed");
+                return Some(());
+            }
+        };
+        let end = page.len() < WALK_BATCH;
+        after = page.last().map(|(id, _)| *id);
+        each(page);
+        if end || shared.stopping() {
+            return Some(());
+        }
+    }
+}
+
 /// The running pool side of a mount.
 pub struct Pool {
     shared: Arc<Shared>,

@@ -20,12 +20,10 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::Shared;
-use crate::ids::{BlockId, ShardId};
+use crate::ids::ShardId;
 use crate::node::lease::renew_every;
 use crate::node::protocol::MAX_IDS;
 
-/// Placements read per step of a walk.
-const WALK_BATCH: usize = 1024;
 /// Renewals in flight at once (one holder each).
 const IN_FLIGHT: usize = 4;
 /// Most time between two looks at what is due.
@@ -86,40 +84,18 @@ async fn shards_by_holder(
     now: Instant,
 ) -> Option<HashMap<PeerId, Vec<ShardId>>> {
     let mut out: HashMap<PeerId, Vec<ShardId>> = HashMap::new();
-    let mut after: Option<BlockId> = None;
-    loop {
-        let volume = shared.volume.upgrade()?;
-        let from = after;
-        let page =
-            tokio::task::spawn_blocking(move || volume.placements(from.as_ref(), WALK_BATCH))
-                .await
-                .ok()?;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(target: "bitcloud::pool", error = %e, "reading placements to renew leases failed");
-                return Some(out);
-            }
-        };
-        let Some((last, _)) = page.last() else {
-            return Some(out);
-        };
-        after = Some(*last);
-        for (_, p) in &page {
-            for s in &p.shards {
-                let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok())
-                else {
-                    continue;
-                };
-                if due.get(&peer).is_none_or(|d| d.at <= now) {
-                    out.entry(peer).or_default().push(s.id);
-                }
+    super::walk_placements(shared, "lease renewal", |page| {
+        for s in page.iter().flat_map(|(_, p)| &p.shards) {
+            let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok()) else {
+                continue;
+            };
+            if due.get(&peer).is_none_or(|d| d.at <= now) {
+                out.entry(peer).or_default().push(s.id);
             }
         }
-        if page.len() < WALK_BATCH || shared.stopping() {
-            return Some(out);
-        }
-    }
+    })
+    .await?;
+    Some(out)
 }
 
 /// Renews `ids` on `peer`: the lease it grants, or why not.

@@ -28,8 +28,6 @@ use crate::meta::placement::{Placement, ShardPlace};
 use crate::node::placement::{Candidate, rank};
 use crate::pipeline::erasure::{self, Scheme};
 
-/// Placements read per step of the walk.
-const WALK_BATCH: usize = 1024;
 /// Blocks repaired at once.
 const IN_FLIGHT: usize = 2;
 /// Most blocks repaired per round (the rest wait for the next): bounds repair traffic.
@@ -200,24 +198,8 @@ fn candidate_set(shared: &Shared) -> u64 {
 /// Every fully placed block below its repair threshold: (live shards, id).
 async fn walk(shared: &Arc<Shared>) -> Option<Vec<(usize, BlockId)>> {
     let mut todo = Vec::new();
-    let mut cursor: Option<BlockId> = None;
-    loop {
-        let volume = shared.volume.upgrade()?;
-        let after = cursor;
-        let batch =
-            tokio::task::spawn_blocking(move || volume.placements(after.as_ref(), WALK_BATCH))
-                .await
-                .ok()?;
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(target: "bitcloud::pool", error = %e, "reading placements for repair failed");
-                return Some(todo);
-            }
-        };
-        let end = batch.len() < WALK_BATCH;
-        cursor = batch.last().map(|(id, _)| *id);
-        for (id, p) in batch {
+    super::walk_placements(shared, "repair", |page| {
+        for (id, p) in page {
             // Blocks never fully placed are the uploader's.
             if !p.is_full() {
                 continue;
@@ -227,10 +209,9 @@ async fn walk(shared: &Arc<Shared>) -> Option<Vec<(usize, BlockId)>> {
                 todo.push((live, id));
             }
         }
-        if end || shared.stopping() {
-            return Some(todo);
-        }
-    }
+    })
+    .await?;
+    Some(todo)
 }
 
 /// Live shards below this number make a block due for repair.
