@@ -17,6 +17,8 @@
 #   BENCH_TARGETS       subset of "raw bindfs gocryptfs bitcloud" (default all four); a missing
 #                       bindfs/gocryptfs/bitcloud is skipped with a message
 #   BENCH_RUNS          runs per measurement, median reported (default 3)
+#   BENCH_ONLY          subset of "seq files fsx rand big" to measure (default all); e.g.
+#                       BENCH_ONLY=files BENCH_RUNS=9 for the metadata rows alone
 #   BENCH_SEQ_MB        sequential write/read file size, MiB (default 1024)
 #   BENCH_FILES         number of 4 KiB files for create/stat/delete (default 10000)
 #   BENCH_RAND_MB       file size for random 4 KiB I/O, MiB (default 256)
@@ -62,11 +64,14 @@ RAND_MB=${BENCH_RAND_MB:-256}
 RAND_SECS=${BENCH_RAND_SECS:-10}
 BIG_MB=${BENCH_BIG_MB:-4096}
 FSX_OPS=${BENCH_FSX_OPS:-10000}
+ONLY=${BENCH_ONLY:-seq files fsx rand big}
 MOUNT_TIMEOUT=${BENCH_MOUNT_TIMEOUT:-60}
 PY=python3
 [[ -x /usr/bin/python3 ]] && PY=/usr/bin/python3
 
 say() { echo "bench: $*" >&2; }
+# wanted GROUP: is this group of measurements in BENCH_ONLY?
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 die() { echo "bench: $*" >&2; exit 2; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (drop_caches, mounts)"
@@ -317,7 +322,11 @@ seq_write() { # FILE MiB; then: fio_val write mbps
 
 # ---------------------------------------------------------------- measurements
 say "base $BASE; targets: ${TARGETS[*]}; runs $RUNS; seq ${SEQ_MB} MiB; files $NFILES; random ${RAND_MB} MiB x ${RAND_SECS}s; big ${BIG_MB} MiB"
+for g in $ONLY; do
+    [[ $g =~ ^(seq|files|fsx|rand|big)$ ]] || die "BENCH_ONLY: unknown group '$g' (want seq files fsx rand big)"
+done
 for ((r = 1; r <= RUNS; r++)); do
+  if wanted seq; then
     say "run $r/$RUNS: sequential write ${SEQ_MB} MiB"
     for t in "${TARGETS[@]}"; do
         seq_write "${DIR[$t]}/seq.bin" "$SEQ_MB"
@@ -330,6 +339,8 @@ for ((r = 1; r <= RUNS; r++)); do
         record seqr "$t" "$(fio_val read mbps)"
         rm -f "${DIR[$t]}/seq.bin"
     done
+  fi
+  if wanted files; then
     say "run $r/$RUNS: $NFILES x 4 KiB files create/stat/delete"
     for t in "${TARGETS[@]}"; do
         quiesce
@@ -337,6 +348,8 @@ for ((r = 1; r <= RUNS; r++)); do
         read -r c s d <"$BASE/files.out"
         record create "$t" "$c"; record stat "$t" "$s"; record delete "$t" "$d"
     done
+  fi
+  if wanted fsx; then
     say "run $r/$RUNS: fsx ${FSX_OPS} operations on a 10 MiB and a 256 KiB file"
     for t in "${TARGETS[@]}"; do
         for size in 10485760 262144; do
@@ -350,6 +363,8 @@ for ((r = 1; r <= RUNS; r++)); do
             rm -f "${DIR[$t]}/fsx.bin"
         done
     done
+  fi
+  if wanted rand; then
     say "run $r/$RUNS: random 4 KiB read cold/warm + write on ${RAND_MB} MiB (${RAND_SECS}s each)"
     for t in "${TARGETS[@]}"; do
         seq_write "${DIR[$t]}/rand.bin" "$RAND_MB"
@@ -367,10 +382,12 @@ for ((r = 1; r <= RUNS; r++)); do
         record randw "$t" "$(fio_val write iops)"
         rm -f "${DIR[$t]}/rand.bin"
     done
+  fi
 done
 
-say "big write ${BIG_MB} MiB + peak memory (1 run, fresh mounts)"
+wanted big && say "big write ${BIG_MB} MiB + peak memory (1 run, fresh mounts)"
 for t in "${TARGETS[@]}"; do
+    wanted big || break
     if [[ $t != raw ]]; then stop_fs "$t"; start_fs "$t"; fi
     seq_write "${DIR[$t]}/big.bin" "$BIG_MB"
     record bigw "$t" "$(fio_val write mbps)"
@@ -404,6 +421,13 @@ declare -A LABEL=(
     [hwm]="peak RSS of mount process after ${BIG_MB} MiB write (MiB; lower is better)"
 )
 
+# measured ROW: has any target a value for this row (BENCH_ONLY leaves some out)?
+measured() {
+    local t
+    for t in "${TARGETS[@]}"; do [[ -n ${RES["$1|$t"]:-} ]] && return 0; done
+    return 1
+}
+
 report() {
     local row t v b c ratio tools
     echo "## bitcloud benchmark — $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) cores"
@@ -427,6 +451,7 @@ report() {
     echo "| measurement | raw | bindfs | gocryptfs | bitcloud | bitcloud/bindfs | bitcloud/gocryptfs |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for row in "${ROWS[@]}"; do
+        measured "$row" || continue
         printf '| %s ' "${LABEL[$row]}"
         declare -A med=()
         for t in raw bindfs gocryptfs bitcloud; do

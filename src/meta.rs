@@ -1,8 +1,9 @@
 //! The metadata store: sole owner of the volume's redb database.
 //!
 //! Every POSIX change is one [`WriteTx`]; its commit is atomic, so a crash leaves either the old
-//! or the new state. Ordinary commits use `Durability::None` (fast, survive a process crash only
-//! up to the last durable commit); [`MetaStore::commit_durable`] makes everything so far durable
+//! or the new state. A commit puts the transaction's rows into the in-memory write-back layer
+//! (`overlay`: fast, lost in a crash, like a `Durability::None` redb commit);
+//! [`MetaStore::commit_durable`] writes them all into redb and makes everything so far durable,
 //! and is what `fsync`, the periodic checkpoint and unmount call.
 //!
 //! Refcounts change in the same transaction as the block map slot that references them. A
@@ -15,9 +16,10 @@ pub mod codec;
 pub mod tables;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 
 use crate::ids::{BlockId, InodeNo};
 use crate::names::Tag;
@@ -69,6 +71,7 @@ pub type Result<T> = std::result::Result<T, MetaError>;
 
 mod keys;
 mod migrate;
+mod overlay;
 pub mod placement;
 mod prealloc;
 mod reader;
@@ -101,10 +104,78 @@ struct InoRange {
 /// The metadata database of one volume.
 #[derive(Debug)]
 pub struct MetaStore {
-    db: Database,
+    shared: Arc<Shared>,
     /// The durable epoch the next commit belongs to (see module doc).
     epoch: AtomicU64,
-    inos: std::sync::Arc<parking_lot::Mutex<InoRange>>,
+    inos: Arc<parking_lot::Mutex<InoRange>>,
+}
+
+impl Drop for MetaStore {
+    /// A clean close keeps every commit, as redb's own close does for non-durable commits.
+    fn drop(&mut self) {
+        if self.shared.pending.lock().is_empty() {
+            return;
+        }
+        if let Err(e) = self.shared.flush(Durability::Immediate, &[]) {
+            tracing::error!(target: "bitcloud::meta", error = %e, "metadata changes since the last checkpoint could not be written at close");
+        }
+    }
+}
+
+/// What the store and its write transactions share.
+struct Shared {
+    db: Database,
+    /// Committed rows not yet in redb (`overlay`).
+    pending: parking_lot::Mutex<overlay::Rows>,
+    /// Held by the one write transaction that may run at a time, and by a durable commit.
+    writer: Arc<parking_lot::Mutex<()>>,
+    /// Held while rows are written into redb: one flush at a time.
+    flushing: parking_lot::Mutex<()>,
+    /// The last flush failed for want of space (commits are refused once rows pile up).
+    flush_failed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shared({} rows pending)", self.pending.lock().len())
+    }
+}
+
+impl Shared {
+    fn new(db: Database) -> Arc<Shared> {
+        Arc::new(Shared {
+            db,
+            pending: Default::default(),
+            writer: Default::default(),
+            flushing: Default::default(),
+            flush_failed: Default::default(),
+        })
+    }
+
+    /// Writes the pending rows into redb (one transaction of `durability`, with `extra`
+    /// superblock values) and drops them from the map. Runs alongside write transactions,
+    /// unless the caller holds the writer lock.
+    fn flush(&self, durability: Durability, extra: &[(&str, u64)]) -> Result<()> {
+        let _one = self.flushing.lock();
+        let rows = self.pending.lock().clone();
+        if rows.is_empty() && extra.is_empty() && matches!(durability, Durability::None) {
+            return Ok(());
+        }
+        match overlay::write_rows(&self.db, &rows, durability, extra) {
+            Ok(()) => {
+                self.flush_failed.store(false, Ordering::Relaxed);
+                overlay::trim(&mut self.pending.lock(), &rows);
+                Ok(())
+            }
+            Err(e) => {
+                let e = MetaError::from_redb(e);
+                if matches!(e, MetaError::NoSpace) {
+                    self.flush_failed.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 impl MetaStore {
@@ -114,13 +185,13 @@ impl MetaStore {
             .set_cache_size(META_CACHE_BYTES)
             .create(path));
         let store = MetaStore {
-            db,
+            shared: Shared::new(db),
             epoch: AtomicU64::new(1),
             inos: Default::default(),
         };
         let mut tx = store.write()?;
         {
-            let mut sb = db!(tx.txn.open_table(SUPERBLOCK));
+            let sb = db!(tx.txn.open_table(SUPERBLOCK));
             db!(sb.insert("format", FORMAT_VERSION));
             db!(sb.insert("block_size", block_size as u64));
             db!(sb.insert("next_ino", InodeNo::ROOT.0 + 1));
@@ -148,8 +219,6 @@ impl MetaStore {
                 parent: InodeNo::ROOT.0,
             },
         )?;
-        // Create every table so read transactions never meet a missing one.
-        tx.touch_tables()?;
         tx.commit()?;
         store.commit_durable()?;
         Ok(store)
@@ -161,7 +230,7 @@ impl MetaStore {
             .set_cache_size(META_CACHE_BYTES)
             .open(path));
         let store = MetaStore {
-            db,
+            shared: Shared::new(db),
             epoch: AtomicU64::new(0),
             inos: Default::default(),
         };
@@ -179,9 +248,10 @@ impl MetaStore {
         Ok(store)
     }
 
-    /// The volume's parameters.
+    /// The volume's parameters (read from redb itself: `create` and `set_shards` write them
+    /// with a durable commit).
     pub fn superblock(&self) -> Result<Superblock> {
-        let tx = db!(self.db.begin_read());
+        let tx = db!(self.shared.db.begin_read());
         let sb = match tx.open_table(SUPERBLOCK) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Err(MetaError::NotInitialised),
@@ -208,7 +278,7 @@ impl MetaStore {
     pub fn set_shards(&self, data: u8, parity: u8) -> Result<()> {
         let tx = self.write()?;
         {
-            let mut sb = db!(tx.txn.open_table(SUPERBLOCK));
+            let sb = db!(tx.txn.open_table(SUPERBLOCK));
             db!(sb.insert("shards_data", data as u64));
             db!(sb.insert("shards_parity", parity as u64));
         }
@@ -219,20 +289,24 @@ impl MetaStore {
 
     /// Starts a read transaction (a consistent snapshot).
     pub fn read(&self) -> Result<ReadTx> {
+        // The rows first, then redb (see `overlay`).
+        let rows = self.shared.pending.lock().clone();
         Ok(ReadTx {
-            txn: db!(self.db.begin_read()),
+            txn: overlay::Txn::new(rows, db!(self.shared.db.begin_read()), false),
         })
     }
 
     /// Starts a write transaction. Only one runs at a time; others wait.
     pub fn write(&self) -> Result<WriteTx> {
-        let mut txn = db!(self.db.begin_write());
-        db!(txn.set_durability(Durability::None));
+        let writer = self.shared.writer.lock_arc();
+        let rows = self.shared.pending.lock().clone();
         Ok(WriteTx {
-            txn,
+            txn: overlay::Txn::new(rows, db!(self.shared.db.begin_read()), true),
             epoch: self.epoch.load(Ordering::SeqCst),
             inos: self.inos.clone(),
             ino_grant: None,
+            shared: self.shared.clone(),
+            _writer: writer,
         })
     }
 
@@ -244,22 +318,25 @@ impl MetaStore {
     /// [`commit_durable`](Self::commit_durable), also recording that the fsync journal's
     /// records up to `journal_epoch` are now in the database (`volume::journal`).
     pub fn commit_durable_journal(&self, journal_epoch: Option<u64>) -> Result<u64> {
-        let mut txn = db!(self.db.begin_write());
-        db!(txn.set_durability(Durability::Immediate));
-        if let Some(epoch) = journal_epoch {
-            let mut sb = db!(txn.open_table(SUPERBLOCK));
-            db!(sb.insert("journal_epoch", epoch));
-        }
-        // Holding the write lock: no commit can slip between reading and bumping the epoch.
+        // Most rows first, while write transactions go on; then the rest, durably, with
+        // commits held off.
+        self.shared.flush(Durability::None, &[])?;
+        let _writer = self.shared.writer.lock();
+        let extra: Vec<(&str, u64)> = journal_epoch
+            .map(|e| ("journal_epoch", e))
+            .into_iter()
+            .collect();
+        // Holding the writer lock: no commit can slip between reading and bumping the epoch.
         let covered = self.epoch.load(Ordering::SeqCst);
-        db!(txn.commit());
+        self.shared.flush(Durability::Immediate, &extra)?;
         self.epoch.store(covered + 1, Ordering::SeqCst);
         Ok(covered)
     }
 
-    /// The last fsync-journal epoch whose records the database holds (0: none yet).
+    /// The last fsync-journal epoch whose records the database holds (0: none yet; written
+    /// only by durable commits, straight into redb).
     pub fn journal_epoch(&self) -> Result<u64> {
-        let tx = db!(self.db.begin_read());
+        let tx = db!(self.shared.db.begin_read());
         let sb = db!(tx.open_table(SUPERBLOCK));
         Ok(db!(sb.get("journal_epoch")).map(|g| g.value()).unwrap_or(0))
     }
@@ -280,7 +357,7 @@ impl MetaStore {
 
 /// A read-only snapshot.
 pub struct ReadTx {
-    txn: redb::ReadTransaction,
+    txn: overlay::Txn,
 }
 
 impl std::fmt::Debug for ReadTx {
@@ -289,13 +366,16 @@ impl std::fmt::Debug for ReadTx {
     }
 }
 
-/// One atomic change to the volume.
+/// One atomic change to the volume. Dropped without [`commit`](WriteTx::commit), it
+/// changes nothing.
 pub struct WriteTx {
-    txn: redb::WriteTransaction,
+    txn: overlay::Txn,
     epoch: u64,
-    inos: std::sync::Arc<parking_lot::Mutex<InoRange>>,
+    inos: Arc<parking_lot::Mutex<InoRange>>,
     /// Numbers this transaction reserved in the superblock: usable once it commits.
     ino_grant: Option<InoRange>,
+    shared: Arc<Shared>,
+    _writer: parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>,
 }
 
 impl std::fmt::Debug for WriteTx {
@@ -305,17 +385,38 @@ impl std::fmt::Debug for WriteTx {
 }
 
 impl WriteTx {
-    fn touch_tables(&mut self) -> Result<()> {
-        db!(self.txn.open_table(FS));
-        db!(self.txn.open_table(BLOCKS));
-        Ok(())
-    }
-
-    /// Commits (not yet durable: see [`MetaStore::commit_durable`]).
+    /// Commits (not yet durable: see [`MetaStore::commit_durable`]). Refused with
+    /// [`MetaError::NoSpace`] only when the rows waiting for redb could not be written for
+    /// want of space and have piled up past the layer's bound.
     pub fn commit(self) -> Result<()> {
-        db!(self.txn.commit());
-        if let Some(grant) = self.ino_grant {
-            *self.inos.lock() = grant;
+        let WriteTx {
+            txn,
+            inos,
+            ino_grant,
+            shared,
+            _writer,
+            ..
+        } = self;
+        // Dropping the transaction's snapshot first lets the map change in place.
+        let changes = txn.into_changes();
+        let rows = {
+            let mut pending = shared.pending.lock();
+            if pending.len() >= overlay::FLUSH_ROWS && shared.flush_failed.load(Ordering::Relaxed) {
+                return Err(MetaError::NoSpace);
+            }
+            for (k, v) in changes {
+                pending.insert(k, v);
+            }
+            pending.len()
+        };
+        if let Some(grant) = ino_grant {
+            *inos.lock() = grant;
+        }
+        drop(_writer);
+        if rows >= overlay::FLUSH_ROWS
+            && let Err(e) = shared.flush(Durability::None, &[])
+        {
+            tracing::warn!(target: "bitcloud::meta", error = %e, rows, "metadata rows could not be written into the database; they stay in memory");
         }
         Ok(())
     }
@@ -339,7 +440,7 @@ impl WriteTx {
                 return Ok(InodeNo(range.next - 1));
             }
         }
-        let mut sb = db!(self.txn.open_table(SUPERBLOCK));
+        let sb = db!(self.txn.open_table(SUPERBLOCK));
         let next = db!(sb.get("next_ino"))
             .map(|g| g.value())
             .ok_or(MetaError::NotInitialised)?;
@@ -352,7 +453,7 @@ impl WriteTx {
     }
 
     pub fn put_inode(&mut self, ino: InodeNo, inode: &Inode) -> Result<()> {
-        let mut t = db!(self.txn.open_table(FS));
+        let t = db!(self.txn.open_table(FS));
         db!(t.insert(&keys::of(ino, keys::INODE)[..], &inode.encode()[..]));
         Ok(())
     }
@@ -366,7 +467,7 @@ impl WriteTx {
         }
         let mut reserved = 0i64;
         {
-            let mut t = db!(self.txn.open_table(FS));
+            let t = db!(self.txn.open_table(FS));
             let lo = keys::of(ino, keys::INODE);
             let hi = keys::after_inode(ino);
             // A directory's own entries are gone before it is (rmdir of a non-empty one
@@ -382,7 +483,7 @@ impl WriteTx {
     }
 
     pub fn put_dirent(&mut self, parent: InodeNo, tag: &Tag, d: &Dirent) -> Result<()> {
-        let mut t = db!(self.txn.open_table(FS));
+        let t = db!(self.txn.open_table(FS));
         db!(t.insert(
             &keys::tagged(parent, keys::DIRENT, tag)[..],
             &d.encode()[..]
@@ -391,7 +492,7 @@ impl WriteTx {
     }
 
     pub fn remove_dirent(&mut self, parent: InodeNo, tag: &Tag) -> Result<()> {
-        let mut t = db!(self.txn.open_table(FS));
+        let t = db!(self.txn.open_table(FS));
         db!(t.remove(&keys::tagged(parent, keys::DIRENT, tag)[..]));
         Ok(())
     }
@@ -402,14 +503,14 @@ impl WriteTx {
     }
 
     pub fn put_xattr(&mut self, ino: InodeNo, tag: &Tag, sealed: &[u8]) -> Result<()> {
-        let mut t = db!(self.txn.open_table(FS));
+        let t = db!(self.txn.open_table(FS));
         db!(t.insert(&keys::tagged(ino, keys::XATTR, tag)[..], sealed));
         Ok(())
     }
 
     /// Removes an xattr; returns whether it existed.
     pub fn remove_xattr(&mut self, ino: InodeNo, tag: &Tag) -> Result<bool> {
-        let mut t = db!(self.txn.open_table(FS));
+        let t = db!(self.txn.open_table(FS));
         Ok(db!(t.remove(&keys::tagged(ino, keys::XATTR, tag)[..])).is_some())
     }
 
@@ -436,7 +537,7 @@ impl WriteTx {
     ) -> Result<i64> {
         let key = keys::indexed(ino, keys::SLOT, index);
         let old = {
-            let mut map = db!(self.txn.open_table(FS));
+            let map = db!(self.txn.open_table(FS));
             let old = match &block {
                 Some((id, _)) => db!(map.insert(&key[..], &id.0[..])).map(|g| g.value().to_vec()),
                 None => db!(map.remove(&key[..])).map(|g| g.value().to_vec()),
@@ -463,7 +564,7 @@ impl WriteTx {
     /// truncation cut it without re-sealing). No-op for a hole or a shorter valid length.
     pub fn clip_slot(&mut self, ino: InodeNo, index: u64, len: u32) -> Result<()> {
         let key = keys::indexed(ino, keys::SLOT, index);
-        let mut map = db!(self.txn.open_table(FS));
+        let map = db!(self.txn.open_table(FS));
         let current = db!(map.get(&key[..])).map(|g| g.value().to_vec());
         if let Some(v) = current {
             let (id, valid) = codec::slot_of(&v)?;
@@ -484,7 +585,7 @@ impl WriteTx {
     }
 
     fn incref(&mut self, id: &BlockId, record: BlockRecord) -> Result<()> {
-        let mut blocks = db!(self.txn.open_table(BLOCKS));
+        let blocks = db!(self.txn.open_table(BLOCKS));
         let rkey = keys::block(keys::RECORD, id);
         let current = db!(blocks.get(&rkey[..])).map(|g| g.value().to_vec());
         let next = match current {
@@ -518,7 +619,7 @@ impl WriteTx {
     }
 
     fn decref(&mut self, id: &BlockId) -> Result<()> {
-        let mut blocks = db!(self.txn.open_table(BLOCKS));
+        let blocks = db!(self.txn.open_table(BLOCKS));
         let rkey = keys::block(keys::RECORD, id);
         let current = db!(blocks.get(&rkey[..])).map(|g| g.value().to_vec());
         let Some(v) = current else {
@@ -543,7 +644,7 @@ impl WriteTx {
     pub fn remove_gc(&mut self, ids: &[BlockId]) -> Result<()> {
         let mut dead = Vec::new();
         {
-            let mut blocks = db!(self.txn.open_table(BLOCKS));
+            let blocks = db!(self.txn.open_table(BLOCKS));
             for id in ids {
                 db!(blocks.remove(&keys::block(keys::GC, id)[..]));
                 // Re-referenced since it was chosen for collection: its inline bytes are live.
@@ -583,7 +684,7 @@ fn gc_value(epoch: u64, inline: bool) -> [u8; 9] {
 }
 
 /// The orphan rows of an `fs-2` table.
-fn orphans_of(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Vec<InodeNo>> {
+fn orphans_of(t: &overlay::Table<'_>) -> Result<Vec<InodeNo>> {
     let lo = keys::orphans_start();
     let mut out = Vec::new();
     for row in db!(t.range::<&[u8]>(&lo[..]..)) {
@@ -594,190 +695,4 @@ fn orphans_of(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec() -> BlockRecord {
-        BlockRecord {
-            refcount: 0,
-            plain_len: 10,
-            sealed_len: 200,
-            header_hash: None,
-        }
-    }
-
-    #[test]
-    fn refcounts_follow_the_block_map_and_gc_waits_for_durability() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::create(&dir.path().join("m.redb"), 4096, 0, 0).unwrap();
-        let a = BlockId([1; 32]);
-        let mut tx = meta.write().unwrap();
-        assert_eq!(tx.set_block(InodeNo(5), 0, Some((a, rec()))).unwrap(), 1);
-        assert_eq!(tx.set_block(InodeNo(6), 3, Some((a, rec()))).unwrap(), 1);
-        assert_eq!(tx.block_record(&a).unwrap().unwrap().refcount, 2);
-        tx.commit().unwrap();
-
-        let mut tx = meta.write().unwrap();
-        assert_eq!(tx.set_block(InodeNo(5), 0, None).unwrap(), -1);
-        assert_eq!(tx.set_blocks_from(InodeNo(6), 0).unwrap(), 1);
-        assert!(tx.block_record(&a).unwrap().is_none());
-        assert!(tx.block_known(&a).unwrap());
-        tx.commit().unwrap();
-        // Not collectable until a durable commit covers the epoch it was freed in.
-        let before = meta.epoch.load(Ordering::SeqCst);
-        assert!(meta.collectable(before - 1, 10).unwrap().is_empty());
-        let covered = meta.commit_durable().unwrap();
-        assert_eq!(meta.collectable(covered, 10).unwrap(), vec![(a, false)]);
-
-        // Re-referencing pulls it out of the gc queue.
-        let mut tx = meta.write().unwrap();
-        tx.set_block(InodeNo(7), 0, Some((a, rec()))).unwrap();
-        tx.commit().unwrap();
-        assert!(meta.collectable(u64::MAX, 10).unwrap().is_empty());
-    }
-
-    #[test]
-    fn reopen_checks_format_and_keeps_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.redb");
-        drop(MetaStore::create(&path, 4096, 1, 2).unwrap());
-        let meta = MetaStore::open(&path).unwrap();
-        assert_eq!(meta.superblock().unwrap().block_size, 4096);
-        let root = meta.read().unwrap().inode(InodeNo::ROOT).unwrap().unwrap();
-        assert_eq!((root.uid, root.gid, root.nlink), (1, 2, 2));
-    }
-}
-
-#[cfg(test)]
-mod cost_probe {
-    use super::*;
-    use redb::TableDefinition;
-
-    /// Not a test: what a non-durable redb commit costs here.
-    #[test]
-    #[ignore]
-    fn redb_commit_costs() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder()
-            .set_cache_size(META_CACHE_BYTES)
-            .create(dir.path().join("x.redb"))
-            .unwrap();
-        const A: TableDefinition<u64, &[u8]> = TableDefinition::new("a");
-        const B: TableDefinition<u64, &[u8]> = TableDefinition::new("b");
-        const C: TableDefinition<u64, &[u8]> = TableDefinition::new("c");
-        let n = 20_000u64;
-        for tables in 1..=3 {
-            let t = std::time::Instant::now();
-            for i in 0..n {
-                let mut tx = db.begin_write().unwrap();
-                tx.set_durability(Durability::None).unwrap();
-                {
-                    let mut a = tx.open_table(A).unwrap();
-                    a.insert(i * 10 + tables, &[7u8; 90][..]).unwrap();
-                }
-                if tables >= 2 {
-                    let mut b = tx.open_table(B).unwrap();
-                    b.insert(i * 10 + tables, &[7u8; 40][..]).unwrap();
-                }
-                if tables >= 3 {
-                    let mut c = tx.open_table(C).unwrap();
-                    c.insert(i * 10 + tables, &[7u8; 40][..]).unwrap();
-                }
-                tx.commit().unwrap();
-            }
-            println!(
-                "{tables} tables modified: {:.1} us per commit",
-                t.elapsed().as_secs_f64() * 1e6 / n as f64
-            );
-        }
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::None).unwrap();
-            {
-                let mut a = tx.open_table(A).unwrap();
-                a.insert(i * 10 + 6, &[7u8; 90][..]).unwrap();
-                a.insert(i * 10 + 7, &[7u8; 40][..]).unwrap();
-                a.insert(i * 10 + 8, &[7u8; 40][..]).unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        println!(
-            "3 keys in 1 table: {:.1} us per commit",
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::None).unwrap();
-            {
-                let mut a = tx.open_table(A).unwrap();
-                a.insert(i * 10 + 5, &[7u8; 90][..]).unwrap();
-                let _b = tx.open_table(B).unwrap();
-                let _c = tx.open_table(C).unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        println!(
-            "1 modified + 2 opened: {:.1} us per commit",
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::None).unwrap();
-            for j in 0..8 {
-                let mut a = tx.open_table(A).unwrap();
-                if j == 0 {
-                    a.insert(i * 10 + 9, &[7u8; 90][..]).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
-        println!(
-            "1 insert, table opened 8 times: {:.1} us per commit",
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
-    }
-}
-
-#[cfg(test)]
-mod crash_probe {
-    use super::*;
-    use redb::TableDefinition;
-
-    /// Not a test: does a non-durable commit survive the process dying (no drop)?
-    #[test]
-    #[ignore]
-    fn nondurable_commit_after_process_death() {
-        const T: TableDefinition<u64, u64> = TableDefinition::new("t");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::Immediate).unwrap();
-            tx.open_table(T).unwrap().insert(1, 1).unwrap();
-            tx.commit().unwrap();
-        }
-        // SAFETY: the child only touches the database and exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let db = Database::open(&path).unwrap();
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(Durability::None).unwrap();
-            tx.open_table(T).unwrap().insert(2, 2).unwrap();
-            tx.commit().unwrap();
-            unsafe { libc::_exit(0) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        let db = Database::open(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let t = tx.open_table(T).unwrap();
-        println!(
-            "after process death: key 2 present = {}",
-            t.get(2).unwrap().is_some()
-        );
-    }
-}
+mod tests;

@@ -28,7 +28,7 @@ pub(super) fn from_v1(store: &MetaStore) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut copied = 0u64;
     let flush = |rows: &mut Vec<Row>| -> Result<()> {
-        let tx = db!(store.db.begin_write());
+        let tx = db!(store.shared.db.begin_write());
         {
             let mut fs = db!(tx.open_table(FS));
             let mut blocks = db!(tx.open_table(BLOCKS));
@@ -51,7 +51,7 @@ pub(super) fn from_v1(store: &MetaStore) -> Result<()> {
         }
         Ok(())
     };
-    let rtx = db!(store.db.begin_read());
+    let rtx = db!(store.shared.db.begin_read());
     let ino_of = |k: &[u8]| InodeNo(u64::from_be_bytes(k[..8].try_into().expect("8 bytes")));
     let id_of = |k: &[u8]| BlockId(k[..32].try_into().expect("32 bytes"));
     macro_rules! each {
@@ -176,7 +176,7 @@ pub(super) fn from_v1(store: &MetaStore) -> Result<()> {
     drop(rtx);
     flush(&mut rows)?;
 
-    let mut tx = db!(store.db.begin_write());
+    let mut tx = db!(store.shared.db.begin_write());
     db!(tx.set_durability(redb::Durability::Immediate));
     delete(&tx, v1::INODES)?;
     delete(&tx, v1::SYMLINKS)?;
@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(gc, vec![(gone, 7)]);
         drop(r);
         // The old tables are gone, and the upgrade does not run again.
-        let r = meta.db.begin_read().unwrap();
+        let r = meta.shared.db.begin_read().unwrap();
         assert!(matches!(
             r.open_table(v1::INODES),
             Err(redb::TableError::TableDoesNotExist(_))

@@ -11,8 +11,6 @@
 //!   block's shards, or the surplus copies a repair replaced (on peers that went silent).
 //!   Version 1 rows are a [`Placement`]; version 2 a plain list ([`encode_release`]).
 
-use redb::ReadableTable;
-
 use super::codec::DecodeError;
 use super::keys;
 use super::tables::*;
@@ -172,7 +170,7 @@ pub struct Redundancy {
 }
 
 fn range(
-    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    t: &super::overlay::Table<'_>,
     kind: u8,
     after: Option<&BlockId>,
     limit: usize,
@@ -374,7 +372,7 @@ impl WriteTx {
     /// upload queue. If the block was freed meanwhile, its shards go to the release queue
     /// instead. Returns whether the block is still live.
     pub fn set_placement(&mut self, id: &BlockId, p: &Placement, done: bool) -> Result<bool> {
-        let mut t = db!(self.txn.open_table(BLOCKS));
+        let t = db!(self.txn.open_table(BLOCKS));
         let live = db!(t.get(&keys::block(keys::RECORD, id)[..])).is_some()
             || db!(t.get(&keys::block(keys::GC, id)[..])).is_some();
         if live {
@@ -400,7 +398,7 @@ impl WriteTx {
         surplus: &[ShardPlace],
     ) -> Result<bool> {
         let live = {
-            let mut t = db!(self.txn.open_table(BLOCKS));
+            let t = db!(self.txn.open_table(BLOCKS));
             let live = db!(t.get(&keys::block(keys::PLACEMENT, id)[..])).is_some()
                 && db!(t.get(&keys::block(keys::RECORD, id)[..])).is_some();
             if live {
@@ -420,7 +418,7 @@ impl WriteTx {
         if !shards.iter().any(|s| s.holder.is_some()) {
             return Ok(());
         }
-        let mut t = db!(self.txn.open_table(BLOCKS));
+        let t = db!(self.txn.open_table(BLOCKS));
         let key = keys::block(keys::RELEASE, id);
         let mut all = match db!(t.get(&key[..])) {
             Some(v) => decode_release(v.value())?,
@@ -451,7 +449,7 @@ impl WriteTx {
 
     /// A collected block leaves the upload queue and its shards go to the release queue.
     pub(super) fn retire_placement(&mut self, id: &BlockId) -> Result<()> {
-        let mut t = db!(self.txn.open_table(BLOCKS));
+        let t = db!(self.txn.open_table(BLOCKS));
         db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
         let p = db!(t.remove(&keys::block(keys::PLACEMENT, id)[..])).map(|g| g.value().to_vec());
         drop(t);
@@ -470,7 +468,7 @@ impl WriteTx {
                 return Ok(0);
             }
         }
-        let mut t = db!(self.txn.open_table(BLOCKS));
+        let t = db!(self.txn.open_table(BLOCKS));
         let mut ids = Vec::new();
         {
             let lo = [keys::RECORD];

@@ -4,8 +4,6 @@
 //! Each row is counted in its inode's `reserved_blocks`, and all of them in the superblock's
 //! `reserved`, both changed in the same transaction as the rows.
 
-use redb::ReadableTable;
-
 use super::keys;
 use super::reader::key_index;
 use super::tables::{FS, SUPERBLOCK};
@@ -17,7 +15,7 @@ impl WriteTx {
     pub fn reserve_slots(&mut self, ino: InodeNo, indices: &[u64]) -> Result<u64> {
         let mut added = 0;
         {
-            let mut t = db!(self.txn.open_table(FS));
+            let t = db!(self.txn.open_table(FS));
             for &i in indices {
                 if db!(t.insert(&keys::indexed(ino, keys::RESERVED, i)[..], &[][..])).is_none() {
                     added += 1;
@@ -31,7 +29,7 @@ impl WriteTx {
     /// Ends the reservation of one slot (it now holds a stored block); whether it had one.
     pub fn take_reserved(&mut self, ino: InodeNo, index: u64) -> Result<bool> {
         let taken = {
-            let mut t = db!(self.txn.open_table(FS));
+            let t = db!(self.txn.open_table(FS));
             db!(t.remove(&keys::indexed(ino, keys::RESERVED, index)[..])).is_some()
         };
         if taken {
@@ -59,7 +57,7 @@ impl WriteTx {
             return Ok(0);
         }
         {
-            let mut t = db!(self.txn.open_table(FS));
+            let t = db!(self.txn.open_table(FS));
             for k in &found {
                 db!(t.remove(&k[..]));
             }
@@ -79,7 +77,7 @@ impl WriteTx {
             return Ok(());
         }
         let now = self.reserved_total()?;
-        let mut sb = db!(self.txn.open_table(SUPERBLOCK));
+        let sb = db!(self.txn.open_table(SUPERBLOCK));
         db!(sb.insert("reserved", now.saturating_add_signed(delta)));
         Ok(())
     }

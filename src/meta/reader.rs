@@ -2,8 +2,6 @@
 //! macro over redb's `ReadableTable` for both [`ReadTx`] and [`WriteTx`], and the totals
 //! `status` shows ([`Counts`]).
 
-use redb::ReadableTable;
-
 use super::codec::{self, BlockRecord, Dirent, Inode};
 use super::keys;
 use super::tables::*;

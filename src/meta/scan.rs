@@ -2,8 +2,6 @@
 //! read snapshot, so a check of a mounted volume sees a consistent state; repairs are single
 //! write transactions like any other change.
 
-use redb::{ReadableTable, ReadableTableMetadata};
-
 use super::codec::{self, BlockRecord, Dirent, Inode};
 use super::keys;
 use super::tables::*;
@@ -154,7 +152,7 @@ impl WriteTx {
     /// Sets the refcount of `id` to `count` (what the block map really holds). Zero moves the
     /// block to the gc queue, as an ordinary last unlink does.
     pub fn fix_refcount(&mut self, id: &BlockId, count: u64) -> Result<()> {
-        let mut blocks = db!(self.txn.open_table(BLOCKS));
+        let blocks = db!(self.txn.open_table(BLOCKS));
         let rkey = keys::block(keys::RECORD, id);
         let current = db!(blocks.get(&rkey[..])).map(|g| g.value().to_vec());
         let Some(v) = current else {
