@@ -331,11 +331,14 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
+/// A row read from redb: key, value.
+type Row = (Box<[u8]>, Arc<[u8]>);
+
 /// The rows of a range: the transaction's own merged into redb's, in key order.
 pub struct Merged {
     mine: std::iter::Peekable<std::vec::IntoIter<(Box<[u8]>, RowVal)>>,
     theirs: Option<redb::Range<'static, &'static [u8], &'static [u8]>>,
-    next_theirs: Option<(Box<[u8]>, Arc<[u8]>)>,
+    next_theirs: Option<Row>,
 }
 
 impl Iterator for Merged {

@@ -382,7 +382,6 @@ impl WriteTx {
             }
         } else {
             db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
-            drop(t);
             self.add_release(id, &p.shards)?;
         }
         Ok(live)
@@ -452,7 +451,6 @@ impl WriteTx {
         let t = db!(self.txn.open_table(BLOCKS));
         db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
         let p = db!(t.remove(&keys::block(keys::PLACEMENT, id)[..])).map(|g| g.value().to_vec());
-        drop(t);
         if let Some(p) = p {
             self.add_release(id, &Placement::decode(&p)?.shards)?;
         }
@@ -489,7 +487,6 @@ impl WriteTx {
                 n += 1;
             }
         }
-        drop(t);
         db!(db!(self.txn.open_table(SUPERBLOCK)).insert("upload_queue", 1));
         Ok(n)
     }
