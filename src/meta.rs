@@ -131,7 +131,7 @@ struct Shared {
     writer: Arc<parking_lot::Mutex<()>>,
     /// Held while rows are written into redb: one flush at a time.
     flushing: parking_lot::Mutex<()>,
-    /// The last flush failed for want of space (commits are refused once rows pile up).
+    /// The last flush failed (commits are refused once rows pile up).
     flush_failed: std::sync::atomic::AtomicBool,
 }
 
@@ -168,11 +168,8 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                let e = MetaError::from_redb(e);
-                if matches!(e, MetaError::NoSpace) {
-                    self.flush_failed.store(true, Ordering::Relaxed);
-                }
-                Err(e)
+                self.flush_failed.store(true, Ordering::Relaxed);
+                Err(MetaError::from_redb(e))
             }
         }
     }
@@ -289,10 +286,14 @@ impl MetaStore {
 
     /// Starts a read transaction (a consistent snapshot).
     pub fn read(&self) -> Result<ReadTx> {
-        // The rows first, then redb (see `overlay`).
-        let rows = self.shared.pending.lock().clone();
+        // The rows first, then redb, both under the rows' lock: a commit that came after
+        // the rows' snapshot cannot be flushed into the redb snapshot (see `overlay`).
+        let pending = self.shared.pending.lock();
+        let rows = pending.clone();
+        let redb = db!(self.shared.db.begin_read());
+        drop(pending);
         Ok(ReadTx {
-            txn: overlay::Txn::new(rows, db!(self.shared.db.begin_read()), false),
+            txn: overlay::Txn::new(rows, redb, false),
         })
     }
 
@@ -386,8 +387,8 @@ impl std::fmt::Debug for WriteTx {
 
 impl WriteTx {
     /// Commits (not yet durable: see [`MetaStore::commit_durable`]). Refused with
-    /// [`MetaError::NoSpace`] only when the rows waiting for redb could not be written for
-    /// want of space and have piled up past the layer's bound.
+    /// [`MetaError::NoSpace`] only when the rows waiting for redb could not be written (a
+    /// full disk, most likely) and have piled up past the layer's bound.
     pub fn commit(self) -> Result<()> {
         let WriteTx {
             txn,
