@@ -313,25 +313,19 @@ impl MetaStore {
 
     /// Makes every commit so far durable. Returns the epoch that is now safe to collect.
     pub fn commit_durable(&self) -> Result<u64> {
-        self.commit_durable_journal(None)
+        self.begin_durable()?.commit(None)
     }
 
-    /// [`commit_durable`](Self::commit_durable), also recording that the fsync journal's
-    /// records up to `journal_epoch` are now in the database (`volume::journal`).
-    pub fn commit_durable_journal(&self, journal_epoch: Option<u64>) -> Result<u64> {
-        // Most rows first, while write transactions go on; then the rest, durably, with
-        // commits held off.
+    /// The first half of a durable commit: writes most pending rows into redb while write
+    /// transactions go on, then holds further commits off until [`DurableCommit::commit`].
+    /// In between, the caller makes durable what the commits so far point at (block files
+    /// sealed meanwhile): no commit can come in that the durable one would carry unsynced.
+    pub fn begin_durable(&self) -> Result<DurableCommit<'_>> {
         self.shared.flush(Durability::None, &[])?;
-        let _writer = self.shared.writer.lock();
-        let extra: Vec<(&str, u64)> = journal_epoch
-            .map(|e| ("journal_epoch", e))
-            .into_iter()
-            .collect();
-        // Holding the writer lock: no commit can slip between reading and bumping the epoch.
-        let covered = self.epoch.load(Ordering::SeqCst);
-        self.shared.flush(Durability::Immediate, &extra)?;
-        self.epoch.store(covered + 1, Ordering::SeqCst);
-        Ok(covered)
+        Ok(DurableCommit {
+            store: self,
+            _writer: self.shared.writer.lock(),
+        })
     }
 
     /// The last fsync-journal epoch whose records the database holds (0: none yet; written
@@ -353,6 +347,31 @@ impl MetaStore {
             }
         })?;
         Ok(out)
+    }
+}
+
+/// A durable commit under way: commits wait until it is done (see
+/// [`MetaStore::begin_durable`]).
+pub struct DurableCommit<'a> {
+    store: &'a MetaStore,
+    _writer: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl DurableCommit<'_> {
+    /// Writes the rest of the pending rows durably, also recording, if given, that the fsync
+    /// journal's records up to `journal_epoch` are in the database (`volume::journal`).
+    /// Returns the gc epoch now covered.
+    pub fn commit(self, journal_epoch: Option<u64>) -> Result<u64> {
+        let store = self.store;
+        let extra: Vec<(&str, u64)> = journal_epoch
+            .map(|e| ("journal_epoch", e))
+            .into_iter()
+            .collect();
+        // Commits are held off: none can slip between reading and bumping the epoch.
+        let covered = store.epoch.load(Ordering::SeqCst);
+        store.shared.flush(Durability::Immediate, &extra)?;
+        store.epoch.store(covered + 1, Ordering::SeqCst);
+        Ok(covered)
     }
 }
 

@@ -239,12 +239,16 @@ impl Volume {
         self.store.sync_pending()?;
         // Only an epoch with records needs recording (and a new one): an empty durable
         // commit changes no page, which matters on a full disk.
+        let durable = self.meta.begin_durable()?;
+        // Blocks sealed since the sync above may be committed already: with commits held
+        // off, their files go to disk before the metadata that names them.
+        self.store.sync_pending()?;
         let covered = if held.has_frames() {
-            let covered = self.meta.commit_durable_journal(Some(held.epoch()))?;
+            let covered = durable.commit(Some(held.epoch()))?;
             held.start_next_epoch();
             covered
         } else {
-            self.meta.commit_durable()?
+            durable.commit(None)?
         };
         self.undurable.lock().durable_upto(upto);
         self.durable_commits.fetch_max(upto, Ordering::SeqCst);
