@@ -11,6 +11,11 @@
 //! seq; the header is the associated data), so contents never reach the disk in clear and a
 //! torn or foreign frame is never replayed. Records (`Record`) say what to re-apply: byte
 //! ranges written, committed block-map slots, a truncation, the final size and times.
+//! One fsync's records are one group: the top bit of `len` marks its last frame, and a
+//! replay applies a group only when that frame is read, so a crash in the middle of an
+//! append (a kill -9 can cut a write short; a power loss can keep any of its pages) leaves
+//! the file as at its previous fsync, never at a mix of the two. (Frames of the first
+//! format, magic `BCJ1`, each stood alone and are read as one-frame groups.)
 //!
 //! Epochs: every durable commit of the volume (checkpoint, slow fsync, unmount) first seals
 //! the dirty blocks of every journalled file, then commits durably with the journal epoch
@@ -35,7 +40,11 @@ use crate::ids::{BlockId, InodeNo};
 use crate::meta::codec::{BlockRecord, Timestamp};
 use crate::store::StoreError;
 
-const MAGIC: [u8; 4] = *b"BCJ1";
+const MAGIC: [u8; 4] = *b"BCJ2";
+/// Frames written before records were grouped: each is a group of its own.
+const MAGIC_UNGROUPED: [u8; 4] = *b"BCJ1";
+/// Set in a frame's `len` field: the last frame of its group.
+const GROUP_END: u32 = 1 << 31;
 /// magic, len u32, epoch u64, seq u64.
 const HEADER: usize = 4 + 4 + 8 + 8;
 const TAG: usize = 16;
@@ -252,7 +261,8 @@ impl Journal {
         }
     }
 
-    /// Every record of an epoch after `durable_epoch`, in order, and the last epoch seen.
+    /// Every record of a whole group (fsync) of an epoch after `durable_epoch`, in order, and
+    /// the last epoch with a frame on disk (groups cut short included: its nonces are used).
     pub(super) fn read_pending(&self, durable_epoch: u64) -> Result<(Vec<Record>, u64)> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
@@ -264,14 +274,21 @@ impl Journal {
         let aead = ChaCha20Poly1305::new((&*self.key).into());
         let mut out = Vec::new();
         let mut last_epoch = durable_epoch;
+        // The records of the group being read: applied once its last frame is.
+        let mut group = Vec::new();
+        let mut group_epoch = 0;
         let mut header = [0u8; HEADER];
         file.seek(SeekFrom::Start(0))
             .map_err(|e| io_err(&self.path, e))?;
         loop {
-            if file.read_exact(&mut header).is_err() || header[..4] != MAGIC {
+            if file.read_exact(&mut header).is_err()
+                || (header[..4] != MAGIC && header[..4] != MAGIC_UNGROUPED)
+            {
                 break;
             }
-            let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+            let len_field = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            let ends_group = header[..4] == MAGIC_UNGROUPED || len_field & GROUP_END != 0;
+            let len = (len_field & !GROUP_END) as usize;
             let epoch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
             let seq = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
             if len > MAX_RECORD {
@@ -294,14 +311,28 @@ impl Journal {
                 break; // torn or foreign: nothing after it was acknowledged
             }
             if epoch <= durable_epoch {
-                continue; // already in the database
+                // Already in the database: a stale frame past the end of the current epoch,
+                // so a group still open there was cut short.
+                group.clear();
+                continue;
             }
             let Some(record) = Record::decode(&body) else {
                 tracing::error!(target: "bitcloud::volume", epoch, seq, "undecodable journal record; replay stops here");
                 break;
             };
+            // Even a group cut short used this epoch's nonces: the next epoch goes past it.
             last_epoch = last_epoch.max(epoch);
-            out.push(record);
+            if group_epoch != epoch {
+                group.clear(); // a group never spans epochs
+                group_epoch = epoch;
+            }
+            group.push(record);
+            if ends_group {
+                out.append(&mut group);
+            }
+        }
+        if !group.is_empty() {
+            tracing::warn!(target: "bitcloud::volume", records = group.len(), "the journal ends in an fsync cut short by the crash; its records are not applied");
         }
         Ok((out, last_epoch))
     }
@@ -328,12 +359,16 @@ impl Held<'_> {
         let aead = ChaCha20Poly1305::new((&*self.journal.key).into());
         let mut frames = Vec::new();
         let st = &mut *self.state;
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             let mut body = Vec::new();
             r.encode(&mut body);
+            let mut len_field = body.len() as u32;
+            if i + 1 == records.len() {
+                len_field |= GROUP_END;
+            }
             let mut header = [0u8; HEADER];
             header[..4].copy_from_slice(&MAGIC);
-            header[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            header[4..8].copy_from_slice(&len_field.to_le_bytes());
             header[8..16].copy_from_slice(&st.epoch.to_le_bytes());
             header[16..24].copy_from_slice(&st.seq.to_le_bytes());
             let tag = aead
@@ -501,22 +536,78 @@ mod tests {
         assert!(!raw.windows(7).any(|w| w == b"journal"));
     }
 
+    /// Offsets of the frames in a journal file.
+    fn frame_starts(raw: &[u8]) -> Vec<usize> {
+        let mut at = 0;
+        let mut starts = Vec::new();
+        while at + HEADER <= raw.len() && raw[at..at + 4] == MAGIC {
+            starts.push(at);
+            let len = u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) & !GROUP_END;
+            at += HEADER + len as usize + TAG;
+        }
+        starts
+    }
+
     #[test]
-    fn a_torn_frame_ends_the_replay() {
+    fn a_torn_frame_ends_the_replay_and_drops_its_whole_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let j = Journal::new(path.clone(), [3; 32], 0);
-        j.hold().append(&records()).unwrap();
-        let mut raw = std::fs::read(&path).unwrap();
-        // Flip a byte inside the third frame.
-        let mut at = 0;
-        for _ in 0..2 {
-            let len = u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) as usize;
-            at += HEADER + len + TAG;
+        {
+            let mut h = j.hold();
+            h.append(&records()[..1]).unwrap();
+            h.append(&records()[1..]).unwrap();
         }
-        raw[at + HEADER + 1] ^= 1;
+        let raw = std::fs::read(&path).unwrap();
+        let starts = frame_starts(&raw);
+        assert_eq!(starts.len(), 5);
+        // A byte flipped in the third frame: neither it nor the rest of its group is applied.
+        let mut torn = raw.clone();
+        torn[starts[2] + HEADER + 1] ^= 1;
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(j.read_pending(0).unwrap().0, records()[..1].to_vec());
+        // An append cut short after its third frame (a kill -9 in the write): the same.
+        std::fs::write(&path, &raw[..starts[3]]).unwrap();
+        assert_eq!(j.read_pending(0).unwrap().0, records()[..1].to_vec());
+        // The next epoch's first group cut short where the durable epoch's frames follow.
+        let next_path = dir.path().join("next");
+        Journal::new(next_path.clone(), [3; 32], 1)
+            .hold()
+            .append(&records()[..2])
+            .unwrap();
+        let next = std::fs::read(&next_path).unwrap();
+        let mut mixed = next[..frame_starts(&next)[1]].to_vec();
+        mixed.extend_from_slice(&raw);
+        std::fs::write(&path, &mixed).unwrap();
+        assert!(j.read_pending(1).unwrap().0.is_empty());
         std::fs::write(&path, &raw).unwrap();
-        let (got, _) = j.read_pending(0).unwrap();
-        assert_eq!(got, records()[..2].to_vec());
+        assert_eq!(j.read_pending(0).unwrap().0, records());
+    }
+
+    #[test]
+    fn frames_of_the_ungrouped_format_each_stand_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let j = Journal::new(path.clone(), [3; 32], 0);
+        // What the first format wrote: no group bit, magic BCJ1 (authenticated with it).
+        let aead = ChaCha20Poly1305::new((&[3u8; 32]).into());
+        let mut raw = Vec::new();
+        for (seq, r) in records()[..3].iter().enumerate() {
+            let mut body = Vec::new();
+            r.encode(&mut body);
+            let mut header = [0u8; HEADER];
+            header[..4].copy_from_slice(&MAGIC_UNGROUPED);
+            header[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            header[8..16].copy_from_slice(&1u64.to_le_bytes());
+            header[16..24].copy_from_slice(&(seq as u64).to_le_bytes());
+            let tag = aead
+                .encrypt_in_place_detached((&nonce(1, seq as u64)).into(), &header, &mut body)
+                .unwrap();
+            raw.extend_from_slice(&header);
+            raw.extend_from_slice(&body);
+            raw.extend_from_slice(&tag);
+        }
+        std::fs::write(&path, &raw).unwrap();
+        assert_eq!(j.read_pending(0).unwrap().0, records()[..3].to_vec());
     }
 }
