@@ -10,7 +10,11 @@
  * the mix keeps fsx's proportions; collapse and insert, which the kernel refuses for every
  * FUSE filesystem, are always skipped. The output names what was skipped.
  *
- * usage: fsx FILE NUMOPS MAXLEN SEED
+ * With a fifth argument "classic" the mix is only the five operations every filesystem
+ * here supports (read, write, mapped read, mapped write, truncate): then every target does
+ * the same work, where a target that refuses fallocate modes skips the most costly ones.
+ *
+ * usage: fsx FILE NUMOPS MAXLEN SEED [classic]
  * Prints "ok <seconds>" and exits 0, or names the first mismatch and exits 1. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -71,10 +75,11 @@ static void grow_model(long new_size) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: fsx FILE NUMOPS MAXLEN SEED\n");
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "classic") == 0)) {
+        fprintf(stderr, "usage: fsx FILE NUMOPS MAXLEN SEED [classic]\n");
         return 2;
     }
+    int kinds = argc == 6 ? OP_FALLOCATE : OP_MAX;
     path = argv[1];
     long numops = atol(argv[2]);
     maxlen = atol(argv[3]);
@@ -100,7 +105,7 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     long skipped = 0;
     for (long op = 0; op < numops; op++) {
-        int kind = (int)(next() % OP_MAX);
+        int kind = (int)(next() % (uint64_t)kinds);
         long off = (long)(next() % (uint64_t)maxlen);
         long len = (long)(next() % (MAXOPLEN + 1));
         switch (kind) {
