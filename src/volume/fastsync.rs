@@ -237,12 +237,12 @@ impl Volume {
         let upto = self.commits.load(Ordering::SeqCst);
         self.needs_checkpoint.store(false, Ordering::Relaxed);
         self.store.sync_pending()?;
-        // Only an epoch with records needs recording (and a new one): an empty durable
-        // commit changes no page, which matters on a full disk.
         let durable = self.meta.begin_durable()?;
         // Blocks sealed since the sync above may be committed already: with commits held
         // off, their files go to disk before the metadata that names them.
         self.store.sync_pending()?;
+        // Only an epoch with records needs recording (and a new one): an empty durable
+        // commit changes no page, which matters on a full disk.
         let covered = if held.has_frames() {
             let covered = durable.commit(Some(held.epoch()))?;
             held.start_next_epoch();
