@@ -182,7 +182,19 @@ impl Mount {
         for o in &self.options {
             cmd.arg("-o").arg(o);
         }
-        let log = std::fs::File::create(self.home.join("mount.log")).unwrap();
+        // Each mount logs afresh (readiness is read from the log); the earlier mounts' logs
+        // are kept after it in `mount.log.old` for a kept test root (BITCLOUD_TEST_KEEP).
+        let path = self.home.join("mount.log");
+        if let Ok(earlier) = std::fs::read(&path) {
+            use std::io::Write;
+            let mut old = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.home.join("mount.log.old"))
+                .unwrap();
+            old.write_all(&earlier).unwrap();
+        }
+        let log = std::fs::File::create(path).unwrap();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -174,30 +174,42 @@ fn a_node_that_serves_wrong_bytes_is_caught_banned_and_emptied() {
     let nodes = start_nodes_where(root.path(), 8, |i| i == 0);
     let liar = nodes[0].id();
     let (home, mnt) = new_volume(root.path(), "4+2", &nodes);
+    let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
+    sh(&mnt, "head -c 16777216 /dev/urandom > f && sync");
+    let before = sums(&mnt);
+    wait_full_redundancy(&m);
+    // Audits start only with the next mount: one in this mount could catch the liar and
+    // empty it before the reads below meet it (scores live in the mount's memory).
+    assert!(
+        shards_on(&m, &liar).is_some_and(|n| n > 0),
+        "the liar was given no shards"
+    );
     edit_config(
         &home,
         "audit_interval_secs = 600",
         "audit_interval_secs = 1",
     );
-    let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
-    sh(&mnt, "head -c 16777216 /dev/urandom > f && sync");
-    let before = sums(&mnt);
-    wait_full_redundancy(&m);
     // Every read goes to the pool (a remount empties the memory caches), the liar among
-    // the holders: not one wrong byte arrives. (Scores live in the mount's memory, so the
-    // rest happens in this one mount.)
+    // the holders: not one wrong byte arrives. (The rest happens in this one mount.)
     m.remount();
     wait_for_peers(&m, 8);
     drop_caches(&m);
     assert_eq!(sums(&mnt), before, "read back with a lying holder");
     // Caught by reads and audits: banned, its shards rebuilt on the others...
-    wait_for("the liar banned and emptied", || {
-        let s = status(&m.home)?;
+    wait_showing("the liar banned and emptied", || {
+        let s = status(&m.home).ok_or("no status")?;
         let p = s["peers"]
-            .as_array()?
-            .iter()
-            .find(|p| p["id"] == liar.as_str())?;
-        (p["score"].as_f64()? < 0.5 && n(p, "/our_shards") == 0).then_some(())
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == liar.as_str()))
+            .ok_or_else(|| format!("the liar is not among the peers: {s}"))?;
+        let banned = p["score"].as_f64().is_some_and(|x| x < 0.5);
+        if banned && n(p, "/our_shards") == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "liar {p}; redundancy {}; upload {}; healing {}",
+            s["redundancy"], s["upload"], s["healing"]
+        ))
     });
     wait_full_redundancy(&m);
     // ... and it gets no new ones.

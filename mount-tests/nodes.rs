@@ -207,12 +207,21 @@ pub(crate) fn status(home: &Path) -> Option<serde_json::Value> {
 
 /// Polls `f` until it gives a value, within [`DEADLINE`].
 pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    wait_showing(what, || f().ok_or_else(String::new))
+}
+
+/// Polls `f` until it gives `Ok`, within [`DEADLINE`]; a timeout names what `f` saw last
+/// (its `Err`).
+pub(crate) fn wait_showing<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
     loop {
-        if let Some(v) = f() {
-            return v;
+        match f() {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last seen: {seen}"
+            ),
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
