@@ -124,8 +124,12 @@ impl Drop for MetaStore {
 
 /// What the store and its write transactions share.
 struct Shared {
+    /// The redb snapshot transactions read under the pending rows (`overlay::RedbView`):
+    /// taken when first needed after each flush, dropped by the flush's commit. Declared
+    /// before `db`: dropped before the database closes.
+    view: parking_lot::Mutex<Option<Arc<overlay::RedbView>>>,
     db: Database,
-    /// Committed rows not yet in redb (`overlay`).
+    /// Committed rows not yet in redb (`overlay`). Locked before `view` when both are.
     pending: parking_lot::Mutex<overlay::Rows>,
     /// Held by the one write transaction that may run at a time, and by a durable commit.
     writer: Arc<parking_lot::Mutex<()>>,
@@ -144,12 +148,34 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     fn new(db: Database) -> Arc<Shared> {
         Arc::new(Shared {
+            view: Default::default(),
             db,
             pending: Default::default(),
             writer: Default::default(),
             flushing: Default::default(),
             flush_failed: Default::default(),
         })
+    }
+
+    /// The current redb view (a new one after a flush). The caller holds the pending rows'
+    /// lock and took its rows snapshot under it: a flush cannot commit rows newer than that
+    /// snapshot into the view, nor drop rows from the map while an older view is current.
+    fn view(&self, _pending: &overlay::Rows) -> Result<Arc<overlay::RedbView>> {
+        let mut view = self.view.lock();
+        if let Some(v) = &*view {
+            return Ok(v.clone());
+        }
+        let fresh = overlay::RedbView::new(db!(self.db.begin_read()));
+        *view = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// After `rows` were committed into redb: drops the view (it lacks them) and, in the
+    /// same step, the rows from the map that are still what was written.
+    fn flushed(&self, rows: &overlay::Rows) {
+        let mut pending = self.pending.lock();
+        *self.view.lock() = None;
+        overlay::trim(&mut pending, rows);
     }
 
     /// Writes the pending rows into redb (one transaction of `durability`, with `extra`
@@ -164,7 +190,7 @@ impl Shared {
         match overlay::write_rows(&self.db, &rows, durability, extra) {
             Ok(()) => {
                 self.flush_failed.store(false, Ordering::Relaxed);
-                overlay::trim(&mut self.pending.lock(), &rows);
+                self.flushed(&rows);
                 Ok(())
             }
             Err(e) => {
@@ -234,7 +260,11 @@ impl MetaStore {
         let sb = store.superblock()?;
         match sb.format {
             FORMAT_VERSION => {}
-            1 => migrate::from_v1(&store)?,
+            1 => {
+                migrate::from_v1(&store)?;
+                // The migration wrote redb itself, not through a flush.
+                *store.shared.view.lock() = None;
+            }
             found => return Err(MetaError::UnsupportedFormat { found }),
         }
         // Everything that survived the open is durable: start past every stamped epoch.
@@ -290,19 +320,22 @@ impl MetaStore {
         // the rows' snapshot cannot be flushed into the redb snapshot (see `overlay`).
         let pending = self.shared.pending.lock();
         let rows = pending.clone();
-        let redb = db!(self.shared.db.begin_read());
+        let view = self.shared.view(&pending)?;
         drop(pending);
         Ok(ReadTx {
-            txn: overlay::Txn::new(rows, redb, false),
+            txn: overlay::Txn::new(rows, view, false),
         })
     }
 
     /// Starts a write transaction. Only one runs at a time; others wait.
     pub fn write(&self) -> Result<WriteTx> {
         let writer = self.shared.writer.lock_arc();
-        let rows = self.shared.pending.lock().clone();
+        let pending = self.shared.pending.lock();
+        let rows = pending.clone();
+        let view = self.shared.view(&pending)?;
+        drop(pending);
         Ok(WriteTx {
-            txn: overlay::Txn::new(rows, db!(self.shared.db.begin_read()), true),
+            txn: overlay::Txn::new(rows, view, true),
             epoch: self.epoch.load(Ordering::SeqCst),
             inos: self.inos.clone(),
             ino_grant: None,
