@@ -348,7 +348,7 @@ impl Filesystem for BitcloudFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.volume.flush(Ino(ino.0)) {
+        match self.volume.close(Ino(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),
         }

@@ -228,6 +228,8 @@ impl Volume {
         }
         drop(st);
         file.changed.notify_all();
+        // The last seal of a closed file (`Volume::close` does not wait for it).
+        self.maybe_evict(&file);
     }
 
     /// Commits a sealed block into its slot; returns its id if one was stored (not a hole).

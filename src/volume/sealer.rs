@@ -42,6 +42,7 @@ impl Sealer {
                 std::thread::Builder::new()
                     .name(format!("bitcloud-seal-{i}"))
                     .spawn(move || {
+                        super::headers::lower_priority(10);
                         for job in rx {
                             let Some(v) = volume.upgrade() else { break };
                             let result = v.seal_for_slot(job.file.ino, job.index, &job.data);
