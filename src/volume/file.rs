@@ -253,8 +253,12 @@ impl Volume {
             self.close(ino)
         };
         if result.is_err() {
-            // The error reached close(); do not keep unsealable data forever.
+            // The error reached close(); do not keep unsealable data forever. Seals still in
+            // flight may fail too (and leave their blocks dirty): wait for them first.
             let mut st = file.lock();
+            while st.in_flight > 0 {
+                file.changed.wait(&mut st);
+            }
             st.dirty.retain(|_, d| d.queued);
             st.attr_dirty = false;
         }
@@ -407,10 +411,11 @@ impl Volume {
             if let Some(e) = st.error.take() {
                 return Err(e);
             }
+            // Queued blocks count too: a large one in flight is waited for.
             let small = st
                 .dirty
                 .values()
-                .all(|d| d.queued || d.data.len() <= super::commit::INLINE_MAX);
+                .all(|d| d.data.len() <= super::commit::INLINE_MAX);
             if !small {
                 drop(st);
                 return self.flush(ino);
