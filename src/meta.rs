@@ -174,8 +174,13 @@ impl Shared {
     /// same step, the rows from the map that are still what was written.
     fn flushed(&self, rows: &overlay::Rows) {
         let mut pending = self.pending.lock();
-        *self.view.lock() = None;
+        self.forget_view();
         overlay::trim(&mut pending, rows);
+    }
+
+    /// Drops the redb view: the next transaction begins a new one.
+    fn forget_view(&self) {
+        *self.view.lock() = None;
     }
 
     /// Writes the pending rows into redb (one transaction of `durability`, with `extra`
@@ -263,7 +268,7 @@ impl MetaStore {
             1 => {
                 migrate::from_v1(&store)?;
                 // The migration wrote redb itself, not through a flush.
-                *store.shared.view.lock() = None;
+                store.shared.forget_view();
             }
             found => return Err(MetaError::UnsupportedFormat { found }),
         }

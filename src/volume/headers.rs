@@ -25,7 +25,7 @@ impl HeaderPool {
         let spawned = std::thread::Builder::new()
             .name("bitcloud-headers".into())
             .spawn(move || {
-                lower_priority(19);
+                super::sealer::lower_priority(19);
                 // Ends when the pool (the receiver) is dropped: `send` fails then.
                 while let Ok(h) = seal::prepare_header(&r) {
                     if tx.send(h).is_err() {
@@ -48,16 +48,5 @@ impl HeaderPool {
             Ok(h) => Ok(h),
             Err(_) => seal::prepare_header(&self.recipient),
         }
-    }
-}
-
-/// Lowers the calling thread's scheduling priority to `nice` (on Linux the nice value is
-/// per thread). Work ahead of time must not take a core from a FUSE request: on two
-/// cores a header being made while a request waits for the CPU cost that request ~100 us.
-pub(super) fn lower_priority(nice: i32) {
-    // SAFETY: setpriority has no memory effects; who = 0 is the calling thread.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if r != 0 {
-        tracing::debug!(target: "bitcloud::volume", error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
     }
 }

@@ -42,7 +42,7 @@ impl Sealer {
                 std::thread::Builder::new()
                     .name(format!("bitcloud-seal-{i}"))
                     .spawn(move || {
-                        super::headers::lower_priority(10);
+                        lower_priority(10);
                         for job in rx {
                             let Some(v) = volume.upgrade() else { break };
                             let result = v.seal_for_slot(job.file.ino, job.index, &job.data);
@@ -77,5 +77,17 @@ impl Sealer {
                 let _ = w.join();
             }
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (on Linux the nice value is
+/// per thread). Work ahead of time must not take a core from a FUSE request: on two
+/// cores a header or a seal being made while a request waited for the CPU cost that
+/// request ~100 us.
+pub(super) fn lower_priority(nice: i32) {
+    // SAFETY: setpriority has no memory effects; who = 0 is the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r != 0 {
+        tracing::debug!(target: "bitcloud::volume", error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
     }
 }
