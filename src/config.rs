@@ -225,7 +225,8 @@ pub struct MountConfig {
     pub seal_threads: usize,
     /// Seconds between checkpoints that make committed changes durable.
     pub checkpoint_secs: u64,
-    /// FUSE request threads.
+    /// Threads reading FUSE requests. Requests that may wait (fsync, reads from the pool,
+    /// writes held by the write budget) are answered on threads of their own either way.
     pub fuse_threads: usize,
     /// MiB of written data that may wait in memory to be sealed, for all open files together.
     pub write_buffer_mib: u64,
@@ -241,7 +242,7 @@ impl Default for MountConfig {
         MountConfig {
             seal_threads: 2,
             checkpoint_secs: 2,
-            fuse_threads: 4,
+            fuse_threads: 1,
             write_buffer_mib: crate::volume::DEFAULT_WRITE_BUFFER >> 20,
             writeback_secs: 30,
             sync: "local".into(),
@@ -260,8 +261,11 @@ seal_threads = 2
 # Seconds between checkpoints: changes older than this survive a crash even without fsync
 # (fsync is always durable at once). 1-3600.
 checkpoint_secs = 2
-# Threads answering FUSE requests (1-64).
-fuse_threads = 4
+# Threads reading FUSE requests (1-64). One is fastest: the kernel gives each request to the
+# reader that waited longest, so with more every request meets a cold thread. Requests that
+# may wait (fsync, reads from the pool, writes held by the write buffer) are answered on
+# threads of their own whatever this says.
+fuse_threads = 1
 # MiB of written data that may wait in memory to be encrypted, all open files together
 # (16-65536). Random writes within this much data are patched in memory; beyond it they
 # read, re-encrypt and store whole blocks. SIGHUP applies a change at once.

@@ -25,7 +25,7 @@ use fuser::{
 
 use crate::ids::InodeNo as Ino;
 use crate::meta::codec::{Kind, Timestamp};
-use crate::volume::{NewNode, RenameMode, SetAttr, Volume, XattrMode};
+use crate::volume::{NewNode, RenameMode, SetAttr, Volume, Wait, XattrMode};
 
 mod convert;
 mod offload;
@@ -44,13 +44,18 @@ pub const ENTRY_TTL: Duration = Duration::from_secs(60);
 
 /// Threads answering reads that wait for the pool (each waits at most
 /// `pool.read_timeout`).
-const SLOW_READ_THREADS: usize = 32;
+const POOL_READ_THREADS: usize = 32;
+/// Threads answering requests that wait on this machine (fsync, seals, whole-block loads):
+/// enough for concurrent fsyncs to share one journal write.
+const LOCAL_WAIT_THREADS: usize = 16;
 
 /// The filesystem served to the kernel.
 pub struct BitcloudFs {
     volume: Arc<Volume>,
-    /// Reads that must wait for the pool.
-    slow: offload::Offload,
+    /// Requests that wait for the pool.
+    pool_waits: offload::Offload,
+    /// Requests that wait on this machine.
+    local_waits: offload::Offload,
 }
 
 impl std::fmt::Debug for BitcloudFs {
@@ -63,8 +68,20 @@ impl BitcloudFs {
     pub fn new(volume: Arc<Volume>) -> BitcloudFs {
         BitcloudFs {
             volume,
-            slow: offload::Offload::new(SLOW_READ_THREADS, 256),
+            pool_waits: offload::Offload::new("bitcloud-poolread", POOL_READ_THREADS, 256),
+            local_waits: offload::Offload::new("bitcloud-wait", LOCAL_WAIT_THREADS, 256),
         }
+    }
+
+    /// Runs `answer` here if it is quick, else on the threads for what it may wait for.
+    fn answer(&self, wait: Wait, answer: impl FnOnce(&Volume) + Send + 'static) {
+        let pool = match wait {
+            Wait::Quick => return answer(&self.volume),
+            Wait::Local => &self.local_waits,
+            Wait::Pool => &self.pool_waits,
+        };
+        let volume = self.volume.clone();
+        pool.run(move || answer(&volume));
     }
 }
 
@@ -127,10 +144,16 @@ impl Filesystem for BitcloudFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(Timestamp::from_system),
         };
-        match self.volume.setattr(Ino(ino.0), req) {
+        // A truncation may read in and re-seal its new last block.
+        let wait = if size.is_some() {
+            Wait::Local
+        } else {
+            Wait::Quick
+        };
+        self.answer(wait, move |v| match v.setattr(Ino(ino.0), req) {
             Ok(a) => reply.attr(&ATTR_TTL, &to_fuse(&a)),
             Err(e) => reply.error(fail("setattr", ino.0, &e)),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -310,16 +333,11 @@ impl Filesystem for BitcloudFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let read = move |volume: &Volume| match volume.read(Ino(ino.0), offset, size) {
+        let wait = self.volume.read_wait(Ino(ino.0), offset, size as u64);
+        self.answer(wait, move |v| match v.read(Ino(ino.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(fail("read", ino.0, &e)),
-        };
-        if self.volume.read_needs_pool(Ino(ino.0), offset, size as u64) {
-            let volume = self.volume.clone();
-            self.slow.run(move || read(&volume));
-        } else {
-            read(&self.volume);
-        }
+        });
     }
 
     fn write(
@@ -334,9 +352,24 @@ impl Filesystem for BitcloudFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.volume.write(Ino(ino.0), offset, data) {
+        let write = move |v: &Volume, data: &[u8], reply: ReplyWrite| match v.write(
+            Ino(ino.0),
+            offset,
+            data,
+        ) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fail("write", ino.0, &e)),
+        };
+        match self
+            .volume
+            .write_wait(Ino(ino.0), offset, data.len() as u64)
+        {
+            Wait::Quick => write(&self.volume, data, reply),
+            // The request's buffer is the reader's: a write answered elsewhere takes a copy.
+            wait => {
+                let data = data.to_vec();
+                self.answer(wait, move |v| write(v, &data, reply));
+            }
         }
     }
 
@@ -348,10 +381,11 @@ impl Filesystem for BitcloudFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.volume.close(Ino(ino.0)) {
+        let wait = self.volume.close_wait(Ino(ino.0));
+        self.answer(wait, move |v| match v.close(Ino(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),
-        }
+        });
     }
 
     fn release(
@@ -364,10 +398,11 @@ impl Filesystem for BitcloudFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.volume.release(fh.0) {
+        let wait = self.volume.release_wait(fh.0);
+        self.answer(wait, move |v| match v.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("release", ino.0, &e)),
-        }
+        });
     }
 
     fn fsync(
@@ -378,10 +413,10 @@ impl Filesystem for BitcloudFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.volume.fsync(Ino(ino.0)) {
+        self.answer(Wait::Local, move |v| match v.fsync(Ino(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsync", ino.0, &e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -519,10 +554,10 @@ impl Filesystem for BitcloudFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.volume.make_durable() {
+        self.answer(Wait::Local, move |v| match v.make_durable() {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -648,12 +683,12 @@ impl Filesystem for BitcloudFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .volume
-            .fallocate(Ino(ino.0), offset, length, mode, caller(req))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fallocate", ino.0, &e)),
-        }
+        let who = caller(req);
+        self.answer(Wait::Local, move |v| {
+            match v.fallocate(Ino(ino.0), offset, length, mode, who) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("fallocate", ino.0, &e)),
+            }
+        });
     }
 }

@@ -29,6 +29,7 @@ mod prealloc;
 mod read;
 pub mod remote;
 mod sealer;
+mod waits;
 mod xattr;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub use dirty::DEFAULT_WRITE_BUFFER;
 pub use error::{Result, VolumeError};
 pub use file::OpenFlags;
 pub use namespace::{DirEntry, NewNode, RenameMode};
+pub use waits::Wait;
 pub use xattr::XattrMode;
 
 use crate::ids::InodeNo;

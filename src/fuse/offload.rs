@@ -1,8 +1,12 @@
-//! Requests that may wait on something slow (a read of a block that must come from the
-//! pool) are answered from a thread pool of their own, so that the FUSE request threads stay
-//! free for everything else: with every peer frozen and many cold reads waiting, `ls`,
+//! Requests that may wait (see `volume::Wait`) are answered from thread pools of their own,
+//! so that the one FUSE request thread stays free for everything else: with every peer
+//! frozen and many cold reads waiting, or a writer held back by the write budget, `ls`,
 //! `stat` and reads of cached files still answer at once. Replies can move between threads,
 //! so the request thread hands over the reply and returns.
+//!
+//! Why one request thread (`mount.fuse_threads = 1`): the kernel hands each request to the
+//! reader that has waited longest, so with several every request lands on a cold thread
+//! (measured: create 6,516 files/s with one, 3,802 with four; every request faster).
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
@@ -14,19 +18,20 @@ pub(super) struct Offload {
 }
 
 impl Offload {
-    pub(super) fn new(threads: usize, queue: usize) -> Offload {
+    /// `threads` threads named `name-N`, taking jobs from a queue of `queue`.
+    pub(super) fn new(name: &str, threads: usize, queue: usize) -> Offload {
         let (tx, rx) = bounded::<Job>(queue);
         for i in 0..threads {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("bitcloud-slowread-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     for job in rx {
                         job();
                     }
                 });
             if let Err(e) = spawned {
-                tracing::warn!(target: "bitcloud::fuse", error = %e, "cannot start a read thread");
+                tracing::warn!(target: "bitcloud::fuse", error = %e, thread = name, "cannot start a request thread");
             }
         }
         Offload { tx }

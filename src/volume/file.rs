@@ -101,6 +101,11 @@ impl OpenFile {
         self.state.lock()
     }
 
+    /// Open handles now.
+    pub(super) fn opens(&self) -> u32 {
+        self.opens.load(Ordering::SeqCst)
+    }
+
     /// Whether some of this file's data is still only in memory.
     pub(super) fn is_dirty(&self) -> bool {
         let st = self.state.lock();

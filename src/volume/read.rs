@@ -12,7 +12,7 @@ use crate::meta::Reader;
 use crate::pipeline::{chunks, seal};
 
 /// Reads of at most this many bytes within one block decrypt only the chunks they cover.
-const PARTIAL_READ_MAX: usize = 64 * 1024;
+pub(super) const PARTIAL_READ_MAX: usize = 64 * 1024;
 
 /// Background block loads allowed at once (see `Volume::prefetch`). More than the cores: each
 /// load first waits for its block file to come off the disk, and overlapping those waits is

@@ -490,28 +490,6 @@ impl Volume {
         self.fetch_remote(id, record).map(|_| ())
     }
 
-    /// Whether reading `len` bytes at `offset` of `ino` may have to wait for the pool (some
-    /// block of the range is neither buffered, cached, inline nor in a local file).
-    pub fn read_needs_pool(&self, ino: InodeNo, offset: u64, len: u64) -> bool {
-        if !self.has_remote() || len == 0 {
-            return false;
-        }
-        let bs = self.block_size;
-        let first = offset / bs;
-        let last = (offset + len - 1) / bs;
-        let Ok(tx) = self.meta.read() else {
-            return false;
-        };
-        let Ok(slots) = tx.slots_in(ino, first, last + 1) else {
-            return false;
-        };
-        slots.iter().any(|(_, id, _)| {
-            !self.cache.contains(id)
-                && !self.store.contains(id)
-                && tx.inline_block(id).ok().flatten().is_none()
-        })
-    }
-
     /// Where `ino`'s data stands.
     pub fn file_state(&self, ino: InodeNo) -> Result<FileState> {
         let writing = self
