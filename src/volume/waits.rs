@@ -43,10 +43,10 @@ impl Volume {
         let end = offset.saturating_add(len);
         let mut wait = Wait::Quick;
         // Only the edge blocks a write covers in part are read in.
-        if len > 0 && offset % bs != 0 {
+        if len > 0 && !offset.is_multiple_of(bs) {
             wait = wait.max(self.load_wait(ino, offset, 1, true));
         }
-        if len > 0 && end % bs != 0 {
+        if len > 0 && !end.is_multiple_of(bs) {
             wait = wait.max(self.load_wait(ino, end - 1, 1, true));
         }
         wait
