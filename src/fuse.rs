@@ -103,6 +103,14 @@ impl Filesystem for BitcloudFs {
         Ok(())
     }
 
+    /// The session has ended: the requests still being answered elsewhere (a release
+    /// waiting for its seals, a read waiting for the pool) finish before the volume's
+    /// final flush.
+    fn destroy(&mut self) {
+        self.local_waits.finish();
+        self.pool_waits.finish();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.volume.lookup(Ino(parent.0), name.as_bytes()) {
             Ok(a) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &to_fuse(&a), generation(&a)),
