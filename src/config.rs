@@ -178,6 +178,8 @@ pub struct PoolConfig {
     pub repair_margin: Option<u8>,
     /// Seconds between rounds of audits (holders prove they keep random shards).
     pub audit_interval_secs: u64,
+    /// Seconds between publications of the volume's metadata to the pool, when it changed.
+    pub backup_secs: u64,
 }
 
 impl Default for PoolConfig {
@@ -190,6 +192,7 @@ impl Default for PoolConfig {
             repair_grace_secs: 3600,
             repair_margin: None,
             audit_interval_secs: 600,
+            backup_secs: 60,
         }
     }
 }
@@ -323,6 +326,10 @@ repair_grace_secs = 3600
 # Seconds between rounds of audits: each round, 16 random shards' holders prove they still
 # have 32 random 1 KiB chunks of them (about 1 MiB of proofs per round).
 audit_interval_secs = 600
+# Seconds between publications of the volume's metadata (names, block maps, placements;
+# encrypted and signed) to the pool, when it changed: what `bitcloud recover` brings back
+# on a new machine from the identity file alone. Unmount publishes too.
+backup_secs = 60
 
 [cache]
 # Most space for block files on this machine (e.g. \"20G\"); unset: no limit. Only blocks the
@@ -442,6 +449,7 @@ impl Config {
         check_pool("repair_interval_secs", p.repair_interval_secs, 1, 86400)?;
         check_pool("repair_grace_secs", p.repair_grace_secs, 1, 30 * 86400)?;
         check_pool("audit_interval_secs", p.audit_interval_secs, 1, 86400)?;
+        check_pool("backup_secs", p.backup_secs, 1, 86400)?;
         if p.repair_margin == Some(0) {
             return Err((
                 "repair_margin",

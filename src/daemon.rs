@@ -181,6 +181,10 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
             repair_grace: Duration::from_secs(req.config.pool.repair_grace_secs),
             repair_margin: req.config.pool.repair_margin,
             audit_interval: Duration::from_secs(req.config.pool.audit_interval_secs),
+            backup_interval: Duration::from_secs(req.config.pool.backup_secs),
+            node_key: std::fs::read(paths.node_key_file())
+                .ok()
+                .map(|b| crate::pool::NodeKeyBytes(Arc::new(zeroize::Zeroizing::new(b)))),
             ..Default::default()
         },
     );
@@ -271,12 +275,15 @@ pub fn run_mount(paths: &Paths, req: MountRequest) -> Result<()> {
             flushing.elapsed().as_secs_f64()
         );
     }
-    runtime.block_on(wait_for_uploads(
+    let uploaded = runtime.block_on(wait_for_uploads(
         &volume,
         &net.handle(),
         &no_wait,
         &mut signals,
     ));
+    if uploaded && !no_wait.load(std::sync::atomic::Ordering::SeqCst) {
+        publish_metadata(&pool, &net.handle());
+    }
     pool.stop();
     net.stop();
     // Placements recorded while waiting become durable.
@@ -323,15 +330,33 @@ impl Signals {
 /// Stop waiting for uploads when none finished for this long (no peers, all refusing).
 const UPLOAD_STALL: Duration = Duration::from_secs(30);
 
+/// How long unmount waits for the metadata backup to be published.
+const BACKUP_AT_UNMOUNT: Duration = Duration::from_secs(60);
+
+/// Publishes the metadata backup before the mount stops (when it has storage peers), so
+/// that the pool holds the volume as it is now.
+fn publish_metadata(pool: &crate::pool::Pool, node: &crate::node::NodeHandle) {
+    if !node.pool_peers().iter().any(|(_, s)| s.offered > 0) {
+        return;
+    }
+    eprintln!("bitcloud: publishing the volume's metadata to the pool");
+    match pool.backup_now(BACKUP_AT_UNMOUNT) {
+        Ok(seq) => eprintln!("bitcloud: the pool holds the volume's metadata (backup #{seq})"),
+        Err(e) => eprintln!(
+            "bitcloud: the volume's metadata was not published ({e}); the next mount publishes it"
+        ),
+    }
+}
+
 /// Waits until every block is in the pool, unless asked not to (`umount --no-wait`, a
 /// second SIGINT/SIGTERM) or no upload has finished for [`UPLOAD_STALL`]. What is left is
-/// uploaded by the next mount.
+/// uploaded by the next mount. Returns whether every block is in the pool.
 async fn wait_for_uploads(
     volume: &Volume,
     node: &crate::node::NodeHandle,
     no_wait: &std::sync::atomic::AtomicBool,
     signals: &mut Signals,
-) {
+) -> bool {
     let pending = || {
         volume
             .remote_status()
@@ -340,7 +365,7 @@ async fn wait_for_uploads(
     };
     let (mut blocks, bytes) = pending();
     if blocks == 0 {
-        return;
+        return true;
     }
     let peers = node
         .pool_peers()
@@ -352,7 +377,7 @@ async fn wait_for_uploads(
             "bitcloud: {} in {blocks} blocks is only on this machine (uploads resume at the next mount)",
             crate::units::bytes(bytes)
         );
-        return;
+        return false;
     }
     eprintln!(
         "bitcloud: uploading {} in {blocks} blocks to the pool before exiting (`bitcloud umount --no-wait` or Ctrl-C again to leave it for the next mount)",
@@ -371,7 +396,7 @@ async fn wait_for_uploads(
         let (now_blocks, _) = pending();
         if now_blocks == 0 {
             eprintln!("bitcloud: every block is in the pool");
-            return;
+            return true;
         }
         if now_blocks < blocks {
             blocks = now_blocks;
@@ -385,6 +410,7 @@ async fn wait_for_uploads(
         "bitcloud: {} in {blocks} blocks is still only on this machine (uploads resume at the next mount)",
         crate::units::bytes(bytes)
     );
+    false
 }
 
 async fn wait_for_stop(

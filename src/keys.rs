@@ -25,6 +25,7 @@ const CTX_SIGNING: &str = "bitcloud 2026-11 volume ed25519 seed v1";
 const CTX_VOLUME_ID: &str = "bitcloud 2026-11 volume id v1";
 const CTX_JOURNAL: &str = "bitcloud 2026-12 fsync journal key v1";
 const CTX_PLACEMENT: &str = "bitcloud 2026-12 shard placement key v1";
+const CTX_META_CHUNK: &str = "bitcloud 2026-12 metadata backup chunk key v1";
 
 /// Errors reading or writing the identity file.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,9 @@ pub struct VolumeKeys {
     /// Keys where a block's shards go (`node::placement`): nobody without it can tell
     /// which peers hold a given volume's shards from the block ids.
     pub placement: Zeroizing<[u8; 32]>,
+    /// Key of the ids (and cut points) of the metadata backup's chunks: never equal to a
+    /// block id, and not computable without the identity.
+    pub meta_chunk: DedupKey,
 }
 
 impl std::fmt::Debug for VolumeKeys {
@@ -86,6 +90,7 @@ impl VolumeKeys {
             signing_seed: Zeroizing::new(blake3::derive_key(CTX_SIGNING, material)),
             journal: Zeroizing::new(blake3::derive_key(CTX_JOURNAL, material)),
             placement: Zeroizing::new(blake3::derive_key(CTX_PLACEMENT, material)),
+            meta_chunk: DedupKey(blake3::derive_key(CTX_META_CHUNK, material)),
             volume_id,
             recipient,
             identity,

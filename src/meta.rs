@@ -47,6 +47,9 @@ pub enum MetaError {
     NotInitialised,
     #[error("no space left on the device holding the metadata database")]
     NoSpace,
+    /// A caller's callback stopped a walk of the rows (the metadata backup's upload failed).
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl MetaError {
@@ -69,6 +72,7 @@ macro_rules! db {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+pub mod backup;
 mod keys;
 mod migrate;
 mod overlay;

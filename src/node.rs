@@ -22,6 +22,8 @@ pub mod peers;
 pub mod placement;
 pub mod proof;
 pub mod protocol;
+pub mod root;
+pub mod root_store;
 pub mod server;
 pub mod shard_store;
 pub mod wire;
@@ -42,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use behaviour::{Behaviour, SHARD_PROTOCOL};
 pub use client::{Client, ClientError};
 pub use peers::{PeerState, Peers};
+pub use root_store::RootStore;
 pub use shard_store::ShardStore;
 
 /// The port bitcloud listens on by default (TCP and QUIC).
@@ -117,6 +120,8 @@ pub struct NodeHandle {
     listen: Arc<Mutex<Vec<Multiaddr>>>,
     commands: mpsc::Sender<Command>,
     pub store: Option<Arc<ShardStore>>,
+    /// Volume root records kept for the pool (with `store`).
+    pub roots: Option<Arc<RootStore>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -152,6 +157,16 @@ impl Node {
             }
             None => None,
         };
+        let roots = match &config.store {
+            Some((dir, _)) => Some(Arc::new(
+                RootStore::open(
+                    &dir.join("roots"),
+                    config.leases.lease + config.leases.trash,
+                )
+                .context("opening the root record store")?,
+            )),
+            None => None,
+        };
         let peers = Arc::new(Peers::default());
         let mut control = swarm.behaviour().stream.new_control();
         let incoming = control
@@ -163,12 +178,15 @@ impl Node {
         }
         let allow: Option<Arc<std::collections::HashSet<PeerId>>> =
             (!config.allow.is_empty()).then(|| Arc::new(config.allow.iter().copied().collect()));
-        if let Some(store) = &store {
-            tokio::spawn(sweep_leases(store.clone()));
+        if let (Some(store), Some(roots)) = (&store, &roots) {
+            tokio::spawn(sweep_leases(store.clone(), roots.clone()));
         }
         tokio::spawn(server::serve(
             incoming,
-            store.clone(),
+            server::Stores {
+                shards: store.clone(),
+                roots: roots.clone(),
+            },
             peers.clone(),
             allow.clone(),
         ));
@@ -184,6 +202,7 @@ impl Node {
             listen: Arc::new(Mutex::new(listen)),
             commands,
             store,
+            roots,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let mut state = Loop {
@@ -218,9 +237,9 @@ impl Node {
     }
 }
 
-/// Moves copies whose lease ran out to the trash and empties it, now and then, for as long
-/// as the store is in use.
-async fn sweep_leases(store: Arc<ShardStore>) {
+/// Moves copies whose lease ran out to the trash and empties it, and drops root records not
+/// renewed in time, now and then, for as long as the store is in use.
+async fn sweep_leases(store: Arc<ShardStore>, roots: Arc<RootStore>) {
     let every = store.terms().sweep_every();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,6 +247,10 @@ async fn sweep_leases(store: Arc<ShardStore>) {
         tick.tick().await;
         if Arc::strong_count(&store) == 1 {
             return; // the node is gone
+        }
+        let gone = roots.sweep(lease::now_secs());
+        if gone > 0 {
+            tracing::info!(target: "bitcloud::node", records = gone, "root records not renewed in time were dropped");
         }
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.sweep(lease::now_secs())).await {

@@ -20,6 +20,7 @@
 //! [`Remote`](crate::volume::remote::Remote), from its own threads.
 
 pub mod audit;
+pub mod backup;
 pub mod check;
 pub mod fetch;
 pub mod lease;
@@ -55,6 +56,20 @@ pub struct PoolConfig {
     pub repair_margin: Option<u8>,
     /// How often a round of audits runs.
     pub audit_interval: Duration,
+    /// How often the metadata backup is published when something changed.
+    pub backup_interval: Duration,
+    /// This machine's node key, carried (encrypted) in the volume's root record.
+    pub node_key: Option<NodeKeyBytes>,
+}
+
+/// A node key's bytes, never printed.
+#[derive(Clone)]
+pub struct NodeKeyBytes(pub Arc<zeroize::Zeroizing<Vec<u8>>>);
+
+impl std::fmt::Debug for NodeKeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeKeyBytes(..)")
+    }
 }
 
 impl Default for PoolConfig {
@@ -66,9 +81,14 @@ impl Default for PoolConfig {
             repair_grace: repair::DEFAULT_GRACE,
             repair_margin: None,
             audit_interval: audit::DEFAULT_INTERVAL,
+            backup_interval: DEFAULT_BACKUP_INTERVAL,
+            node_key: None,
         }
     }
 }
+
+/// How often the metadata backup is published when something changed, by default.
+pub const DEFAULT_BACKUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Shared by the pool's tasks.
 pub(crate) struct Shared {
@@ -98,6 +118,11 @@ pub(crate) struct Shared {
     pub renewed_leases: std::sync::atomic::AtomicU64,
     /// Blocks being repaired now (one repair per block at a time).
     pub repairing: parking_lot::Mutex<std::collections::HashSet<BlockId>>,
+    /// The metadata backup publishes now (a change, or someone waits for it).
+    pub backup_kick: Notify,
+    /// Waiting for the next backup round's outcome (`umount`).
+    pub backup_waiters: parking_lot::Mutex<Vec<tokio::sync::oneshot::Sender<Result<u64, String>>>>,
+    pub backup_state: parking_lot::Mutex<crate::volume::remote::BackupLive>,
 }
 
 /// Most (shard, holder) pairs remembered as lost.
@@ -227,6 +252,9 @@ impl Pool {
             repaired_shards: Default::default(),
             renewed_leases: Default::default(),
             repairing: Default::default(),
+            backup_kick: Notify::new(),
+            backup_waiters: Default::default(),
+            backup_state: Default::default(),
         });
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),
@@ -234,6 +262,7 @@ impl Pool {
             rt.spawn(repair::run(shared.clone())),
             rt.spawn(audit::run(shared.clone())),
             rt.spawn(lease::run(shared.clone())),
+            rt.spawn(backup::run(shared.clone())),
             rt.spawn(keep_cache(shared.clone())),
         ];
         let pool = Arc::new(Pool {
@@ -252,6 +281,7 @@ impl Pool {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.kick.notify_waiters();
         self.shared.repair_kick.notify_waiters();
+        self.shared.backup_kick.notify_waiters();
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -259,6 +289,26 @@ impl Pool {
 }
 
 impl Pool {
+    /// Publishes the metadata backup now if anything changed since the last one, and waits
+    /// (at most `within`) for the outcome: the sequence of the volume's current backup.
+    pub fn backup_now(&self, within: Duration) -> Result<u64, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.backup_waiters.lock().push(tx);
+        self.shared.backup_kick.notify_one();
+        let shared = self.shared.clone();
+        self.run(move |_| async move {
+            match tokio::time::timeout(within, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the pool stopped".to_string()),
+                Err(_) => {
+                    shared.backup_waiters.lock().clear();
+                    Err(format!("not done within {} s", within.as_secs()))
+                }
+            }
+        })
+        .unwrap_or_else(|| Err("the pool stopped".into()))
+    }
+
     /// Runs `f` on the node's runtime and waits for it here (callers are volume threads,
     /// which may be inside another runtime's blocking pool). `None`: the pool stopped.
     fn run<T, F, Fut>(&self, f: F) -> Option<T>
@@ -334,6 +384,10 @@ impl Remote for Pool {
             move |shared| async move { check::respread(&shared, id, &placement, &failed).await },
         )
         .unwrap_or_else(|| Err("the pool stopped".into()))
+    }
+
+    fn backup(&self) -> crate::volume::remote::BackupLive {
+        self.shared.backup_state.lock().clone()
     }
 
     fn counters(&self) -> crate::volume::remote::PoolCounters {

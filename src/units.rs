@@ -61,6 +61,18 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// How long ago a time (seconds since the epoch) was, e.g. "3 min 05 s ago" ("in the
+/// future" for a clock that went back).
+pub fn ago(at_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.checked_sub(at_secs) {
+        Some(d) => format!("{} ago", duration(d)),
+        None => "in the future (clock skew)".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 //! `cache` (decrypted block cache), `fsck` (the end-to-end check and its repairs).
 
 mod atime;
+pub mod backup;
 mod cache;
 mod commit;
 mod dirty;

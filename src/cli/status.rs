@@ -67,6 +67,8 @@ fn volume_report(paths: &Paths) -> Result<StatusReport> {
         cache_limit_bytes: None,
         releases_pending: tx.release_queue(usize::MAX)?.len() as u64,
         counters: Default::default(),
+        backup: crate::volume::backup::backup_status_of(&tx)?,
+        backup_live: None,
     });
     let (k, m) = sb.shards.unwrap_or(crate::volume::remote::DEFAULT_SCHEME);
     r.shards = format!("{k}+{m}");

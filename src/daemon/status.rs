@@ -75,6 +75,31 @@ pub struct StatusReport {
     /// What the pool's upkeep did since the mount started.
     #[serde(default)]
     pub healing: HealingReport,
+    /// The volume's metadata in the pool (what `bitcloud recover` brings back).
+    #[serde(default)]
+    pub backup: BackupReport,
+}
+
+/// The volume's metadata backup in the pool.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupReport {
+    /// "published", "publishing", "failing", "not yet published", "never published"
+    /// (offline, none yet), "superseded" (the volume was recovered elsewhere), or "" with
+    /// no pool.
+    pub state: String,
+    /// Sequence of the newest backup published (0: none).
+    pub seq: u64,
+    /// When it was published (seconds since the epoch), and how long ago.
+    pub published_at: Option<u64>,
+    pub age_secs: Option<u64>,
+    /// Chunks the kept backups use (manifests included) and their sealed bytes.
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    /// Peers that took the current root record the last time it was given (mounted only).
+    pub root_holders: u64,
+    /// Collected blocks whose shards are held because a kept backup may name them.
+    pub releases_held: u64,
+    pub last_error: Option<String>,
 }
 
 /// The pool's upkeep since the mount started.
@@ -208,6 +233,7 @@ impl StatusReport {
             peers: Vec::new(),
             store: None,
             healing: HealingReport::default(),
+            backup: BackupReport::default(),
         }
     }
 
@@ -228,6 +254,37 @@ impl StatusReport {
         self.healing = HealingReport {
             repaired_shards: r.counters.repaired_shards,
             renewed_leases: r.counters.renewed_leases,
+        };
+        let b = &r.backup;
+        let now = crate::volume::backup::unix_now();
+        let live = r.backup_live.clone().unwrap_or_default();
+        let state = if live.superseded.is_some() {
+            "superseded"
+        } else if r.backup_live.is_none() {
+            if b.seq > 0 {
+                "published"
+            } else {
+                "never published"
+            }
+        } else if live.busy {
+            "publishing"
+        } else if live.last_error.is_some() {
+            "failing"
+        } else if b.seq == 0 {
+            "not yet published"
+        } else {
+            "published"
+        };
+        self.backup = BackupReport {
+            state: state.into(),
+            seq: b.seq,
+            published_at: b.published_at,
+            age_secs: b.published_at.map(|t| now.saturating_sub(t)),
+            chunks: b.chunks,
+            chunk_bytes: b.chunk_bytes,
+            root_holders: live.root_holders,
+            releases_held: b.releases_held,
+            last_error: live.superseded.or(live.last_error),
         };
         self.summarize();
     }
@@ -340,6 +397,32 @@ impl StatusReport {
                     " (next checkpoint)"
                 }
             ));
+        }
+        let b = &self.backup;
+        if b.seq > 0 || !b.state.is_empty() && self.peers.iter().any(|p| p.storage) {
+            let when = b
+                .age_secs
+                .map(|a| format!(", {} ago", crate::units::duration(a)))
+                .unwrap_or_default();
+            let line = if b.seq > 0 {
+                format!(
+                    "backup #{}{when} ({} chunks, {}){}",
+                    b.seq,
+                    b.chunks,
+                    human(b.chunk_bytes),
+                    if b.root_holders > 0 {
+                        format!(", root on {} peers", b.root_holders)
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                "not in the pool yet".into()
+            };
+            s.push_str(&format!("  metadata     {line} [{}]\n", b.state));
+            if let Some(e) = &b.last_error {
+                s.push_str(&format!("               {dim}{e}{reset}\n"));
+            }
         }
         if let Some(n) = &self.node {
             if self.mounted {
@@ -476,6 +559,8 @@ mod tests {
             "/peers",
             "/node/id",
             "/node/listen",
+            "/backup/state",
+            "/backup/seq",
         ] {
             assert!(v.pointer(path).is_some(), "{path} missing");
         }

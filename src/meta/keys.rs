@@ -15,6 +15,7 @@
 //! `blocks-2`: `00` ‖ id → block record; `01` ‖ id → inline sealed bytes; `02` ‖ id → gc
 //! epoch (`u64` LE); `03` ‖ id → placement of its shards; `04` ‖ id → (upload queue);
 //! `05` ‖ id → placement of a collected block (release queue). See `placement`.
+//! `06` ‖ chunk id → a chunk of the metadata backup in the pool. See `backup`.
 //!
 //! Inode numbers stay below 2^63, so the orphan rows (under the all-ones prefix) never mix
 //! with an inode's rows.
@@ -36,6 +37,7 @@ pub const GC: u8 = 0x02;
 pub const PLACEMENT: u8 = 0x03;
 pub const UPLOAD: u8 = 0x04;
 pub const RELEASE: u8 = 0x05;
+pub const META_CHUNK: u8 = 0x06;
 
 const ORPHANS_PREFIX: u64 = u64::MAX;
 

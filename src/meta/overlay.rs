@@ -425,6 +425,30 @@ impl Superblock<'_> {
         }
     }
 
+    /// Every value, in name order.
+    pub fn entries(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(t) = self.redb {
+            use redb::ReadableTable;
+            for row in t.iter()? {
+                let (k, v) = row?;
+                all.insert(k.value().to_string(), v.value());
+            }
+        }
+        let (lo, hi) = ([SUPERBLOCK_ID], [SUPERBLOCK_ID + 1]);
+        for (k, v) in self
+            .txn
+            .rows_in(Bound::Included(&lo[..]), Bound::Excluded(&hi[..]))
+        {
+            let name = String::from_utf8_lossy(&k[1..]).to_string();
+            match v {
+                Some(v) => all.insert(name, decode_u64(&v)),
+                None => all.remove(&name),
+            };
+        }
+        Ok(all.into_iter().collect())
+    }
+
     pub fn insert(&self, key: &str, value: u64) -> Result<Option<U64>, StorageError> {
         let old = self.get(key)?;
         let bytes: Arc<[u8]> = value.to_le_bytes().into();

@@ -106,10 +106,18 @@ impl Placement {
 }
 
 const RELEASE_LIST: u8 = 2;
+const RELEASE_STAMPED: u8 = 3;
 
-/// A release row: `02 ‖ (shard id (32) ‖ holder length u8 ‖ holder)*`.
-pub fn encode_release(shards: &[ShardPlace]) -> Vec<u8> {
-    let mut v = vec![RELEASE_LIST];
+/// A release row: `02 ‖ (shard id (32) ‖ holder length u8 ‖ holder)*`, or with a stamp
+/// (the backup generation it was queued in, see `backup`) `03 ‖ stamp u64 LE ‖ the same`.
+pub fn encode_release(stamp: u64, shards: &[ShardPlace]) -> Vec<u8> {
+    let mut v = if stamp == 0 {
+        vec![RELEASE_LIST]
+    } else {
+        let mut v = vec![RELEASE_STAMPED];
+        v.extend_from_slice(&stamp.to_le_bytes());
+        v
+    };
     for s in shards {
         let Some(h) = &s.holder else { continue };
         v.extend_from_slice(&s.id.0);
@@ -119,20 +127,35 @@ pub fn encode_release(shards: &[ShardPlace]) -> Vec<u8> {
     v
 }
 
-/// The shards of a release row (either version), with their holders.
+/// The shards of a release row (any version), with their holders.
 pub fn decode_release(b: &[u8]) -> std::result::Result<Vec<ShardPlace>, DecodeError> {
+    Ok(decode_release_stamped(b)?.1)
+}
+
+/// A release row's stamp (0: none) and shards.
+pub fn decode_release_stamped(
+    b: &[u8],
+) -> std::result::Result<(u64, Vec<ShardPlace>), DecodeError> {
     match b.first() {
-        Some(&VERSION) => Ok(Placement::decode(b)?
-            .shards
-            .into_iter()
-            .filter(|s| s.holder.is_some())
-            .collect()),
-        Some(&RELEASE_LIST) => {
+        Some(&VERSION) => Ok((
+            0,
+            Placement::decode(b)?
+                .shards
+                .into_iter()
+                .filter(|s| s.holder.is_some())
+                .collect(),
+        )),
+        Some(&v @ (RELEASE_LIST | RELEASE_STAMPED)) => {
             let bad = || DecodeError {
                 what: "release list",
-                version: RELEASE_LIST,
+                version: v,
             };
-            let mut rest = &b[1..];
+            let (stamp, mut rest) = if v == RELEASE_STAMPED {
+                let (s, r) = b[1..].split_first_chunk::<8>().ok_or_else(bad)?;
+                (u64::from_le_bytes(*s), r)
+            } else {
+                (0, &b[1..])
+            };
             let mut out = Vec::new();
             while !rest.is_empty() {
                 let (id, r) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
@@ -147,13 +170,22 @@ pub fn decode_release(b: &[u8]) -> std::result::Result<Vec<ShardPlace>, DecodeEr
                 });
                 rest = &r[hl..];
             }
-            Ok(out)
+            Ok((stamp, out))
         }
         v => Err(DecodeError {
             what: "release list",
             version: v.copied().unwrap_or(0),
         }),
     }
+}
+
+/// A page of the release queue: rows to release now, and where the next page starts
+/// (`None`: the end was reached). Rows a published metadata backup may still need are
+/// left out of `rows` but not of the walk.
+#[derive(Debug, Default)]
+pub struct ReleasePage {
+    pub rows: Vec<(BlockId, Vec<ShardPlace>)>,
+    pub next: Option<BlockId>,
 }
 
 /// Blocks by how well the pool holds them (see `volume::remote`).
@@ -243,30 +275,64 @@ macro_rules! impl_placement_reads {
                     .collect())
             }
 
-            /// Up to `limit` blocks with shards to release, and those shards. A shard a
-            /// block's current placement names on the same holder is left out (a repair may
-            /// have put it back there): releasing it would delete a live copy.
+            /// Every block with shards to release, and those shards (held ones too). A
+            /// shard a block's current placement names on the same holder is left out (a
+            /// repair may have put it back there): releasing it would delete a live copy.
             pub fn release_queue(&self, limit: usize) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
-                self.release_queue_after(None, limit)
+                Ok(self.release_rows(None, limit, false)?.rows)
             }
 
-            /// [`release_queue`](Self::release_queue) from the block after `after` on.
+            /// Release rows a published metadata backup may still need (see `backup`).
+            pub fn release_held(&self) -> Result<u64> {
+                let floor = self.sb_value(super::backup::SB_RELEASE_FLOOR)?;
+                let t = db!(self.txn.open_table(BLOCKS));
+                let mut n = 0;
+                for (_, v) in range(&t, keys::RELEASE, None, usize::MAX)? {
+                    let (stamp, _) = decode_release_stamped(&v)?;
+                    n += u64::from(floor.is_some_and(|f| stamp >= f));
+                }
+                Ok(n)
+            }
+
+            /// A page of the release queue from the block after `after` on, `limit` rows
+            /// looked at, without the rows still held for the metadata backup.
             pub fn release_queue_after(
                 &self,
                 after: Option<&BlockId>,
                 limit: usize,
-            ) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
+            ) -> Result<ReleasePage> {
+                self.release_rows(after, limit, true)
+            }
+
+            fn release_rows(
+                &self,
+                after: Option<&BlockId>,
+                limit: usize,
+                skip_held: bool,
+            ) -> Result<ReleasePage> {
+                let floor = if skip_held {
+                    self.sb_value(super::backup::SB_RELEASE_FLOOR)?
+                } else {
+                    None
+                };
                 let t = db!(self.txn.open_table(BLOCKS));
-                let mut out = Vec::new();
-                for (id, v) in range(&t, keys::RELEASE, after, limit)? {
-                    let mut shards = decode_release(&v)?;
+                let mut page = ReleasePage::default();
+                let rows = range(&t, keys::RELEASE, after, limit)?;
+                if rows.len() == limit {
+                    page.next = rows.last().map(|(id, _)| *id);
+                }
+                for (id, v) in rows {
+                    let (stamp, mut shards) = decode_release_stamped(&v)?;
+                    if floor.is_some_and(|f| stamp >= f) {
+                        continue;
+                    }
                     if let Some(p) = db!(t.get(&keys::block(keys::PLACEMENT, &id)[..])) {
                         let p = Placement::decode(p.value())?;
                         shards.retain(|s| !p.shards.contains(s));
                     }
-                    out.push((id, shards));
+                    page.rows.push((id, shards));
                 }
-                Ok(out)
+                Ok(page)
             }
 
             /// Up to `limit` placements, in block id order after `after`.
@@ -382,7 +448,8 @@ impl WriteTx {
             }
         } else {
             db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
-            self.add_release(id, &p.shards)?;
+            let stamp = self.release_stamp()?;
+            self.add_release(id, &p.shards, stamp)?;
         }
         Ok(live)
     }
@@ -405,30 +472,36 @@ impl WriteTx {
             }
             live
         };
-        self.add_release(id, surplus)?;
+        // Copies a repair replaced: the shards themselves live on elsewhere, so no backup
+        // needs these copies.
+        self.add_release(id, surplus, 0)?;
         if !live {
-            self.add_release(id, &p.shards)?;
+            let stamp = self.release_stamp()?;
+            self.add_release(id, &p.shards, stamp)?;
         }
         Ok(live)
     }
 
-    /// Adds shards (those with a holder) to `id`'s release row, keeping what it had.
-    pub fn add_release(&mut self, id: &BlockId, shards: &[ShardPlace]) -> Result<()> {
+    /// Adds shards (those with a holder) to `id`'s release row, keeping what it had. `stamp`:
+    /// the backup generation the shards were freed in, or 0 for copies no backup names
+    /// (the row keeps the highest stamp of what it holds).
+    pub fn add_release(&mut self, id: &BlockId, shards: &[ShardPlace], stamp: u64) -> Result<()> {
         if !shards.iter().any(|s| s.holder.is_some()) {
             return Ok(());
         }
         let t = db!(self.txn.open_table(BLOCKS));
         let key = keys::block(keys::RELEASE, id);
-        let mut all = match db!(t.get(&key[..])) {
-            Some(v) => decode_release(v.value())?,
-            None => Vec::new(),
+        let (old_stamp, mut all) = match db!(t.get(&key[..])) {
+            Some(v) => decode_release_stamped(v.value())?,
+            None => (0, Vec::new()),
         };
+        let stamp = stamp.max(old_stamp);
         for s in shards.iter().filter(|s| s.holder.is_some()) {
             if !all.contains(s) {
                 all.push(s.clone());
             }
         }
-        db!(t.insert(&key[..], &encode_release(&all)[..]));
+        db!(t.insert(&key[..], &encode_release(stamp, &all)[..]));
         Ok(())
     }
 
@@ -452,7 +525,8 @@ impl WriteTx {
         db!(t.remove(&keys::block(keys::UPLOAD, id)[..]));
         let p = db!(t.remove(&keys::block(keys::PLACEMENT, id)[..])).map(|g| g.value().to_vec());
         if let Some(p) = p {
-            self.add_release(id, &Placement::decode(&p)?.shards)?;
+            let stamp = self.release_stamp()?;
+            self.add_release(id, &Placement::decode(&p)?.shards, stamp)?;
         }
         Ok(())
     }
@@ -529,8 +603,14 @@ mod tests {
                 holder: Some(vec![i; 38]),
             })
             .collect();
-        let e = encode_release(&shards);
+        let e = encode_release(0, &shards);
         assert_eq!(decode_release(&e).unwrap(), shards);
+        let stamped = encode_release(7, &shards);
+        assert_eq!(
+            decode_release_stamped(&stamped).unwrap(),
+            (7, shards.clone())
+        );
+        assert!(decode_release(&stamped[..5]).is_err());
         for cut in 1..e.len() {
             if !(e.len() - cut).is_multiple_of(71) {
                 assert!(decode_release(&e[..cut]).is_err(), "cut at {cut}");

@@ -269,6 +269,55 @@ impl Client {
         self.note(peer, r)
     }
 
+    /// Gives `peer` a volume root record to keep (see [`root`](super::root)).
+    pub async fn put_root(&self, peer: PeerId, record: &[u8]) -> Result<(), ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            let req = Request::PutRoot {
+                record: record.to_vec(),
+            };
+            match self.ask(peer, &req, None).await?.0 {
+                Response::Stored => Ok(()),
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                Response::Unsupported => {
+                    Err(ClientError::Protocol("root records unsupported".into()))
+                }
+                other => Err(ClientError::Protocol(format!("{other:?} to a root put"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
+    /// The newest root record `peer` holds for `locator`, its signature checked: `None`
+    /// if it holds none. A record that does not verify, or is filed under another
+    /// locator, is the peer breaking the protocol.
+    pub async fn get_root(
+        &self,
+        peer: PeerId,
+        locator: [u8; 32],
+    ) -> Result<Option<super::root::RootRecord>, ClientError> {
+        let _slot = self.slot(peer).await;
+        let r = async {
+            match self.ask(peer, &Request::GetRoot { locator }, None).await?.0 {
+                Response::Root { record } => {
+                    match super::root::RootRecord::decode_verified(&record) {
+                        Ok(r) if r.locator == locator => Ok(Some(r)),
+                        Ok(_) => Err(ClientError::Protocol(
+                            "a root record of another locator".into(),
+                        )),
+                        Err(e) => Err(ClientError::Protocol(e.to_string())),
+                    }
+                }
+                Response::NotFound | Response::Unsupported => Ok(None),
+                Response::Refused(r) => Err(ClientError::Refused(r)),
+                other => Err(ClientError::Protocol(format!("{other:?} to a root get"))),
+            }
+        }
+        .await;
+        self.note(peer, r)
+    }
+
     /// Asks `peer` for its space and records it.
     pub async fn info(&self, peer: PeerId) -> Result<(u64, u64, u64), ClientError> {
         let _slot = self.slot(peer).await;

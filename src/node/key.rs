@@ -23,25 +23,32 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
             let bytes = key
                 .to_protobuf_encoding()
                 .context("encoding the new node key")?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let tmp = path.with_extension("key.tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            store(path, &bytes)?;
             Ok(key)
         }
         Err(e) => bail!("reading the node key {}: {e}", path.display()),
     }
+}
+
+/// Writes a node key (its protobuf encoding, checked) to `path`, replacing what is there:
+/// a volume recovered from the pool takes back the peer id that owns its shards.
+pub fn store(path: &Path, bytes: &[u8]) -> Result<()> {
+    Keypair::from_protobuf_encoding(bytes).context("the node key to store is not valid")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Kinds not yet used are reserved: an older node answers them with
 //! `Response::Unsupported`, so asking never breaks a pool.
 
+use super::root::MAX_RECORD;
 use crate::ids::ShardId;
 
 /// Version of the messages in this file.
@@ -40,6 +41,11 @@ pub enum Request {
     Audit { id: ShardId, chunks: Vec<u32> },
     /// Renew the asker's leases on these (see [`lease`](super::lease)).
     Renew { ids: Vec<ShardId> },
+    /// Keep this volume root record (see [`root`](super::root)), at most
+    /// [`MAX_RECORD`](super::root::MAX_RECORD) bytes, if it is newer than the one held.
+    PutRoot { record: Vec<u8> },
+    /// The newest root record held for this locator.
+    GetRoot { locator: [u8; 32] },
 }
 
 /// Why a node refused a `Put`.
@@ -55,6 +61,10 @@ pub enum Refusal {
     TooBig,
     /// Too many requests from this peer or in total right now; try later.
     Busy,
+    /// A root record older than (or conflicting with) the one the node holds.
+    Stale,
+    /// A root record whose signature does not verify, or too many of them.
+    BadRecord,
 }
 
 impl Refusal {
@@ -65,6 +75,8 @@ impl Refusal {
             Refusal::BadHash => 3,
             Refusal::TooBig => 4,
             Refusal::Busy => 5,
+            Refusal::Stale => 6,
+            Refusal::BadRecord => 7,
         }
     }
 
@@ -75,6 +87,8 @@ impl Refusal {
             3 => Refusal::BadHash,
             4 => Refusal::TooBig,
             5 => Refusal::Busy,
+            6 => Refusal::Stale,
+            7 => Refusal::BadRecord,
             _ => return None,
         })
     }
@@ -93,6 +107,8 @@ impl std::fmt::Display for Refusal {
             Refusal::BadHash => "the shard does not match its id",
             Refusal::TooBig => "the shard is larger than a node accepts",
             Refusal::Busy => "the node is busy",
+            Refusal::Stale => "the node holds a newer root record for this volume",
+            Refusal::BadRecord => "the root record is not valid here",
         })
     }
 }
@@ -130,6 +146,10 @@ pub enum Response {
         lease_secs: u32,
         bits: Vec<u8>,
     },
+    /// The root record asked for (its bytes, unverified: the asker checks the signature).
+    Root {
+        record: Vec<u8>,
+    },
     /// A kind this node does not know.
     Unsupported,
 }
@@ -146,7 +166,9 @@ const REQ_RELEASE: u8 = 4;
 const REQ_INFO: u8 = 5;
 const REQ_AUDIT: u8 = 6;
 const REQ_RENEW: u8 = 7;
-// 8..=15: reserved.
+const REQ_PUT_ROOT: u8 = 8;
+const REQ_GET_ROOT: u8 = 9;
+// 10..=15: reserved.
 
 const RSP_STORED: u8 = 1;
 const RSP_REFUSED: u8 = 2;
@@ -158,6 +180,7 @@ const RSP_INFO: u8 = 7;
 const RSP_UNSUPPORTED: u8 = 8;
 const RSP_PROOF: u8 = 9;
 const RSP_RENEWED: u8 = 10;
+const RSP_ROOT: u8 = 11;
 
 fn frame(kind: u8, fields: &[u8]) -> Vec<u8> {
     let len = (2 + fields.len()) as u32;
@@ -240,6 +263,8 @@ impl Request {
                 frame(REQ_AUDIT, &f)
             }
             Request::Renew { ids } => frame(REQ_RENEW, &ids_field(ids)),
+            Request::PutRoot { record } => frame(REQ_PUT_ROOT, record),
+            Request::GetRoot { locator } => frame(REQ_GET_ROOT, locator),
         }
     }
 
@@ -285,7 +310,14 @@ impl Request {
                 }
             }
             REQ_RENEW => Request::Renew { ids: take_ids(f)? },
-            8..=15 => return Ok(None),
+            REQ_PUT_ROOT if !f.is_empty() && f.len() <= MAX_RECORD => {
+                Request::PutRoot { record: f.to_vec() }
+            }
+            REQ_PUT_ROOT => return Err(FrameError("root record length")),
+            REQ_GET_ROOT => Request::GetRoot {
+                locator: f.try_into().map_err(|_| FrameError("locator"))?,
+            },
+            10..=15 => return Ok(None),
             _ => return Err(FrameError("unknown request kind")),
         }))
     }
@@ -318,6 +350,7 @@ impl Response {
                 f.extend_from_slice(bits);
                 frame(RSP_RENEWED, &f)
             }
+            Response::Root { record } => frame(RSP_ROOT, record),
         }
     }
 
@@ -357,6 +390,9 @@ impl Response {
                 lease_secs: u32_of(&f[..4])?,
                 bits: f[4..].to_vec(),
             },
+            RSP_ROOT if !f.is_empty() && f.len() <= MAX_RECORD => {
+                Response::Root { record: f.to_vec() }
+            }
             RSP_PROOF => {
                 let len = u32_of(f)?;
                 if len > super::proof::MAX_PROOF {
@@ -415,6 +451,10 @@ mod tests {
             Request::Renew {
                 ids: vec![id, ShardId([2; 32])],
             },
+            Request::PutRoot {
+                record: vec![1, 2, 3],
+            },
+            Request::GetRoot { locator: [9; 32] },
         ] {
             assert_eq!(Request::decode(body(&r.encode())).unwrap(), Some(r));
         }
@@ -436,6 +476,10 @@ mod tests {
                 lease_secs: 86_400,
                 bits: vec![3],
             },
+            Response::Root {
+                record: vec![4; 300],
+            },
+            Response::Refused(Refusal::Stale),
         ] {
             assert_eq!(Response::decode(body(&r.encode())).unwrap(), r);
         }
@@ -453,8 +497,11 @@ mod tests {
         assert!(Request::decode(&too_many.encode()[4..]).is_err());
         assert!(Response::decode(&[VERSION, RSP_SHARD, 0xff, 0xff, 0xff, 0xff]).is_err());
         assert!(Request::decode(&[2, REQ_INFO]).is_err(), "unknown version");
+        let mut big = vec![VERSION, REQ_PUT_ROOT];
+        big.extend(vec![0; MAX_RECORD + 1]);
+        assert!(Request::decode(&big).is_err(), "root record over its bound");
         assert_eq!(
-            Request::decode(&[VERSION, 9]).unwrap(),
+            Request::decode(&[VERSION, 10]).unwrap(),
             None,
             "reserved kinds"
         );
@@ -501,7 +548,12 @@ mod tests {
                 }
                 .encode()),
             any::<u32>().prop_map(|len| Response::Proof { len }.encode()),
-            (1u8..=5).prop_map(|c| Response::Refused(Refusal::from_code(c).unwrap()).encode()),
+            (1u8..=7).prop_map(|c| Response::Refused(Refusal::from_code(c).unwrap()).encode()),
+            proptest::collection::vec(any::<u8>(), 1..300)
+                .prop_map(|record| Request::PutRoot { record }.encode()),
+            any::<[u8; 32]>().prop_map(|locator| Request::GetRoot { locator }.encode()),
+            proptest::collection::vec(any::<u8>(), 1..300)
+                .prop_map(|record| Response::Root { record }.encode()),
             any::<u32>().prop_map(|len| Response::Shard { len }.encode()),
             proptest::collection::vec(any::<u8>(), 0..200)
                 .prop_map(|bits| Response::Have { bits }.encode()),

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::peers::Peers;
 use super::protocol::{Refusal, Request, Response, have_bits};
+use super::root_store::{RootPut, RootStore};
 use super::shard_store::{PutOutcome, ShardStore};
 use super::wire::{self, WireError};
 
@@ -25,11 +26,18 @@ pub(super) const PER_PEER: usize = 8;
 /// Requests served at once in all.
 const TOTAL: usize = 64;
 
-/// Serves `incoming` streams until it ends. `store` is `None` for a node that holds
-/// nothing for others (a mount without an offer): it answers puts with `OfferFull`.
+/// What a node keeps for others: both `None` for a node that holds nothing (a mount without
+/// an offer), which answers puts with `OfferFull`.
+#[derive(Clone)]
+pub(super) struct Stores {
+    pub shards: Option<Arc<ShardStore>>,
+    pub roots: Option<Arc<RootStore>>,
+}
+
+/// Serves `incoming` streams until it ends.
 pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
-    store: Option<Arc<ShardStore>>,
+    stores: Stores,
     peers: Arc<Peers>,
     allow: Option<Arc<std::collections::HashSet<PeerId>>>,
 ) {
@@ -70,10 +78,10 @@ pub(super) async fn serve(
                     continue;
                 }
             };
-        let (store, peers) = (store.clone(), peers.clone());
+        let (stores, peers) = (stores.clone(), peers.clone());
         tokio::spawn(async move {
             let _permits = (permit_peer, permit_total);
-            if let Err(e) = handle(peer, &mut stream, store, flip).await {
+            if let Err(e) = handle(peer, &mut stream, stores, flip).await {
                 tracing::debug!(target: "bitcloud::node", %peer, error = %e, "shard request failed");
                 if matches!(e, WireError::Frame(_)) {
                     peers.with(peer, |s| s.bad_messages += 1);
@@ -105,9 +113,13 @@ fn flipped(mut bytes: Vec<u8>, flip: bool) -> Vec<u8> {
 async fn handle(
     peer: PeerId,
     stream: &mut Stream,
-    store: Option<Arc<ShardStore>>,
+    stores: Stores,
     flip: bool,
 ) -> Result<(), WireError> {
+    let Stores {
+        shards: store,
+        roots,
+    } = stores;
     let frame = wire::read_frame(stream).await?;
     let Some(request) = Request::decode(&frame)? else {
         wire::write_all(stream, &Response::Unsupported.encode()).await?;
@@ -120,6 +132,26 @@ async fn handle(
             .unwrap_or(Response::Refused(Refusal::Busy))
     };
     let response = match (request, store) {
+        (Request::PutRoot { record }, _) => match roots {
+            None => Response::Refused(Refusal::OfferFull),
+            Some(roots) => {
+                blocking(Box::new(move || {
+                    match roots.put(&owner, &record, super::lease::now_secs()) {
+                        Ok(RootPut::Stored) => Response::Stored,
+                        Ok(RootPut::Refused(r)) => Response::Refused(r),
+                        Err(e) => {
+                            tracing::error!(target: "bitcloud::node", error = %e, "storing a root record failed");
+                            Response::Refused(Refusal::DiskFull)
+                        }
+                    }
+                }))
+                .await
+            }
+        },
+        (Request::GetRoot { locator }, _) => match roots.and_then(|r| r.get(&locator)) {
+            Some(record) => Response::Root { record },
+            None => Response::NotFound,
+        },
         (Request::Put { len, .. }, _) if len > super::protocol::MAX_SHARD => {
             Response::Refused(Refusal::TooBig)
         }

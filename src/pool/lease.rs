@@ -84,17 +84,28 @@ async fn shards_by_holder(
     now: Instant,
 ) -> Option<HashMap<PeerId, Vec<ShardId>>> {
     let mut out: HashMap<PeerId, Vec<ShardId>> = HashMap::new();
-    super::walk_placements(shared, "lease renewal", |page| {
-        for s in page.iter().flat_map(|(_, p)| &p.shards) {
-            let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok()) else {
-                continue;
-            };
-            if due.get(&peer).is_none_or(|d| d.at <= now) {
-                out.entry(peer).or_default().push(s.id);
-            }
+    let mut add = |s: &crate::meta::placement::ShardPlace| {
+        let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok()) else {
+            return;
+        };
+        if due.get(&peer).is_none_or(|d| d.at <= now) {
+            out.entry(peer).or_default().push(s.id);
         }
+    };
+    super::walk_placements(shared, "lease renewal", |page| {
+        page.iter().flat_map(|(_, p)| &p.shards).for_each(&mut add);
     })
     .await?;
+    // The chunks of the metadata backup too.
+    let volume = shared.volume.upgrade()?;
+    let chunks = tokio::task::spawn_blocking(move || volume.meta_chunks())
+        .await
+        .ok()?
+        .unwrap_or_default();
+    chunks
+        .iter()
+        .flat_map(|(_, c)| &c.placement.shards)
+        .for_each(&mut add);
     Some(out)
 }
 

@@ -26,24 +26,28 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if shared.stopping() {
             return;
         }
+        if shared.backup_state.lock().superseded.is_some() {
+            // Another copy of the volume uses these shards now.
+            tokio::time::sleep(EVERY).await;
+            continue;
+        }
         let Some(volume) = shared.volume.upgrade() else {
             return;
         };
         let from = after;
         let batch =
             tokio::task::spawn_blocking(move || volume.release_batch(from.as_ref(), BATCH)).await;
-        let batch = match batch {
+        let page = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::warn!(target: "bitcloud::pool", error = %e, "reading the release queue failed");
-                Vec::new()
+                Default::default()
             }
             Err(_) => return,
         };
         // The next turn starts after this batch, or from the start once the end is reached.
-        after = (batch.len() == BATCH)
-            .then(|| batch.last().map(|(id, _)| *id))
-            .flatten();
+        after = page.next;
+        let batch = page.rows;
         if !batch.is_empty() {
             release(&shared, batch).await;
         }

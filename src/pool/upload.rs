@@ -277,49 +277,7 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
                 .collect(),
         },
     };
-    let mut placed_now = 0;
-    let unplaced: Vec<usize> = (0..p.shards.len())
-        .filter(|&i| p.shards[i].holder.is_none())
-        .collect();
-    if !unplaced.is_empty() {
-        // Peers (and hosts) that already hold a shard of this block take no other.
-        let holders: Vec<Vec<u8>> = p.shards.iter().filter_map(|s| s.holder.clone()).collect();
-        let free = free_candidates(shared, &holders);
-        let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
-        let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
-        tracing::debug!(target: "bitcloud::pool", block = %id.short(), unplaced = unplaced.len(), candidates = cands.len(), chosen = chosen.len(), "placing shards");
-        let mut puts = JoinSet::new();
-        for (slot, ci) in unplaced.iter().zip(chosen) {
-            let peer = free[ci].0;
-            let client = shared.node.client.clone();
-            let bytes = std::mem::take(&mut shards[*slot]);
-            let sid = ids[*slot];
-            let i = *slot;
-            puts.spawn(async move { (i, peer, client.put(peer, sid, &bytes).await) });
-        }
-        while let Some(r) = puts.join_next().await {
-            let Ok((i, peer, result)) = r else { continue };
-            match result {
-                Ok(()) => {
-                    p.shards[i].holder = Some(peer.to_bytes());
-                    placed_now += 1;
-                }
-                Err(e) => {
-                    tracing::debug!(target: "bitcloud::pool", block = %id.short(), %peer, error = %e, "shard put failed");
-                    if let crate::node::ClientError::Refused(r) = e
-                        && matches!(
-                            r,
-                            crate::node::protocol::Refusal::OfferFull
-                                | crate::node::protocol::Refusal::DiskFull
-                        )
-                    {
-                        // No room there: no more shards until its next Info says otherwise.
-                        shared.node.peers.with(peer, |s| s.used = s.offered);
-                    }
-                }
-            }
-        }
-    }
+    let placed_now = put_unplaced(shared, &id, &mut shards, &mut p).await;
     let full = p.is_full();
     if placed_now == 0 && !full {
         return Outcome::Partial; // nothing new to record
@@ -339,4 +297,107 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
         }
         Err(_) => Outcome::Gone,
     }
+}
+
+/// Puts the shards of `p` that have no holder yet (`shards[i]` is shard `i`'s bytes; those
+/// put are taken) on free peers, one per failure domain the block does not use yet, and
+/// records who took them. Returns how many were placed now.
+pub(super) async fn put_unplaced(
+    shared: &Arc<Shared>,
+    id: &BlockId,
+    shards: &mut [Vec<u8>],
+    p: &mut Placement,
+) -> usize {
+    let id = *id;
+    let mut placed_now = 0;
+    let unplaced: Vec<usize> = (0..p.shards.len())
+        .filter(|&i| p.shards[i].holder.is_none())
+        .collect();
+    if unplaced.is_empty() {
+        return 0;
+    }
+    // Peers (and hosts) that already hold a shard of this block take no other.
+    let holders: Vec<Vec<u8>> = p.shards.iter().filter_map(|s| s.holder.clone()).collect();
+    let free = free_candidates(shared, &holders);
+    let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
+    let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
+    tracing::debug!(target: "bitcloud::pool", block = %id.short(), unplaced = unplaced.len(), candidates = cands.len(), chosen = chosen.len(), "placing shards");
+    let mut puts = JoinSet::new();
+    for (slot, ci) in unplaced.iter().zip(chosen) {
+        let peer = free[ci].0;
+        let client = shared.node.client.clone();
+        let bytes = std::mem::take(&mut shards[*slot]);
+        let sid = p.shards[*slot].id;
+        let i = *slot;
+        puts.spawn(async move {
+            let r = client.put(peer, sid, &bytes).await;
+            (i, peer, r, bytes)
+        });
+    }
+    while let Some(r) = puts.join_next().await {
+        let Ok((i, peer, result, bytes)) = r else {
+            continue;
+        };
+        match result {
+            Ok(()) => {
+                p.shards[i].holder = Some(peer.to_bytes());
+                placed_now += 1;
+            }
+            Err(e) => {
+                // Kept for another try.
+                shards[i] = bytes;
+                tracing::debug!(target: "bitcloud::pool", block = %id.short(), %peer, error = %e, "shard put failed");
+                if let crate::node::ClientError::Refused(r) = e
+                    && matches!(
+                        r,
+                        crate::node::protocol::Refusal::OfferFull
+                            | crate::node::protocol::Refusal::DiskFull
+                    )
+                {
+                    // No room there: no more shards until its next Info says otherwise.
+                    shared.node.peers.with(peer, |s| s.used = s.offered);
+                }
+            }
+        }
+    }
+    placed_now
+}
+
+/// Erasure-codes `sealed` and places all its shards anew (a few rounds for those that
+/// fail). Returns the placement, as far as it got.
+pub(super) async fn place_new(
+    shared: &Arc<Shared>,
+    id: &BlockId,
+    sealed: Vec<u8>,
+    (data, parity): (u8, u8),
+) -> Result<Placement, String> {
+    let scheme = Scheme {
+        data: data as usize,
+        parity: parity as usize,
+    };
+    let sealed_len = sealed.len();
+    let mut shards = tokio::task::spawn_blocking(move || erasure::encode(scheme, &sealed))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut p = Placement {
+        data,
+        parity,
+        shard_len: scheme.shard_len(sealed_len) as u32,
+        shards: shards
+            .iter()
+            .map(|s| ShardPlace {
+                id: erasure::shard_id(s),
+                holder: None,
+            })
+            .collect(),
+    };
+    for round in 0..3u32 {
+        put_unplaced(shared, id, &mut shards, &mut p).await;
+        if p.is_full() || shared.stopping() {
+            break;
+        }
+        tokio::time::sleep(FIRST_RETRY * (round + 1)).await;
+    }
+    Ok(p)
 }

@@ -58,6 +58,27 @@ pub trait Remote: Send + Sync {
     fn counters(&self) -> PoolCounters {
         PoolCounters::default()
     }
+
+    /// Where the metadata backup's publishing stands.
+    fn backup(&self) -> BackupLive {
+        BackupLive::default()
+    }
+}
+
+/// What the metadata backup's publisher has done since the mount started (`status`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackupLive {
+    /// Peers that acknowledged the current root record the last time it was given.
+    pub root_holders: u64,
+    /// Chunks placed since the mount started (new, or placed again).
+    pub chunks_placed: u64,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// Another copy of this volume (recovered elsewhere) published a newer backup: this
+    /// copy no longer publishes or releases anything.
+    pub superseded: Option<String>,
+    /// A backup is being made now.
+    pub busy: bool,
 }
 
 /// What an audit of one placed shard found.
@@ -140,6 +161,10 @@ pub struct RemoteStatus {
     pub cache_limit_bytes: Option<u64>,
     pub releases_pending: u64,
     pub counters: PoolCounters,
+    /// The metadata backup as the database records it.
+    pub backup: super::backup::BackupStatus,
+    /// What its publisher is doing (`None`: no pool attached).
+    pub backup_live: Option<BackupLive>,
 }
 
 /// What `cache drop` (or the cache limit) did.
@@ -258,12 +283,13 @@ impl Volume {
     }
 
     /// Blocks with shards to release (collected, or replaced by a repair), and the shards,
-    /// from the block after `after` on.
+    /// from the block after `after` on (`limit` rows looked at; rows a published metadata
+    /// backup may still need are held back).
     pub fn release_batch(
         &self,
         after: Option<&BlockId>,
         limit: usize,
-    ) -> Result<Vec<(BlockId, Vec<ShardPlace>)>> {
+    ) -> Result<crate::meta::placement::ReleasePage> {
         Ok(self.meta.read()?.release_queue_after(after, limit)?)
     }
 
@@ -375,7 +401,9 @@ impl Volume {
             cache_used_bytes: self.store.disk_bytes(),
             cache_limit_bytes: self.cache_limit(),
             releases_pending: tx.release_queue(usize::MAX)?.len() as u64,
-            counters: remote.map(|r| r.counters()).unwrap_or_default(),
+            counters: remote.as_ref().map(|r| r.counters()).unwrap_or_default(),
+            backup: super::backup::backup_status_of(&tx)?,
+            backup_live: remote.map(|r| r.backup()),
         })
     }
 

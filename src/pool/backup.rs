@@ -1,0 +1,442 @@
+//! Publishing the volume's metadata to the pool, so that the identity file alone brings the
+//! volume back on a new machine (`bitcloud recover`, see [`restore`](super::restore)).
+//!
+//! Every `pool.backup_secs` after a change (and at unmount), the publisher takes a point
+//! ([`Volume::backup_point`]), waits until every block it names is on `k` peers, dumps it
+//! as content-defined chunks and places the chunks that are new (or whose shards are no
+//! longer all live) like blocks; chunks of the last backup are reused. A manifest listing
+//! the chunks is sealed and placed too. Then a *root record* (`node::root`) is signed with
+//! the volume's root key and given to every storage peer: sequence one above the highest
+//! any of them holds, payload encrypted to the volume's recipient (the manifest's place
+//! and this machine's node key). Only then is the backup recorded as published
+//! ([`Volume::record_backup`]): what the previous two backups named may go.
+//!
+//! Before signing, the publisher reads the pool's newest record: one with a higher
+//! sequence from another *instance* means the volume was recovered elsewhere. This copy
+//! then stops publishing and releasing (it would destroy the newer copy's data) and says so
+//! in its log and `status`.
+//!
+//! The current record is given again to every storage peer every [`REFRESH`] (new peers
+//! get it, holders renew it), and each time the chunks of the current backup are checked:
+//! one with a holder that is gone triggers a new backup that places it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::task::JoinSet;
+
+use super::Shared;
+use crate::ids::BlockId;
+use crate::meta::backup::MetaChunk;
+use crate::node::root::{self, RootRecord};
+use crate::volume::Volume;
+use crate::volume::backup::manifest::{ChunkRef, Manifest, RootPayload};
+use crate::volume::backup::{BackupPoint, Readiness};
+
+/// How often the current root record is given again and its chunks checked.
+pub const REFRESH: Duration = Duration::from_secs(600);
+/// A point whose blocks are not all placed within this long is dropped.
+const READY_WITHIN: Duration = Duration::from_secs(600);
+/// Chunks placed at once.
+const IN_FLIGHT: usize = 4;
+/// Time given to each peer asked for its root record.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The publisher's memory between rounds.
+#[derive(Default)]
+struct Memory {
+    /// Change count of the last point that was published or found unchanged.
+    backed_up: Option<u64>,
+    /// Chunk ids (manifest excluded) of the last published backup.
+    chunks: Vec<BlockId>,
+    /// The current root record's bytes.
+    record: Option<Vec<u8>>,
+    refreshed: Option<Instant>,
+}
+
+/// Runs until the pool stops or the volume goes.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut mem = Memory::default();
+    loop {
+        let wait = shared.config.backup_interval;
+        let _ = tokio::time::timeout(wait, shared.backup_kick.notified()).await;
+        if shared.stopping() {
+            return;
+        }
+        let Some(volume) = shared.volume.upgrade() else {
+            return;
+        };
+        let asked = std::mem::take(&mut *shared.backup_waiters.lock());
+        let result = round(&shared, &volume, &mut mem, !asked.is_empty()).await;
+        if let Err(e) = &result {
+            tracing::warn!(target: "bitcloud::pool", error = %e, "the metadata backup was not published; trying again later");
+        }
+        shared.backup_state.lock().last_error = result.as_ref().err().cloned();
+        for w in asked {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// One round: publish if something changed (or a chunk needs placing again), refresh the
+/// record if due. Returns the sequence published (or current).
+async fn round(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    mem: &mut Memory,
+    asked: bool,
+) -> Result<u64, String> {
+    if let Some(why) = &shared.backup_state.lock().superseded {
+        return Err(why.clone());
+    }
+    if storage_peers(shared).is_empty() {
+        return Err("no storage peer is connected".into());
+    }
+    let refresh_due = mem.refreshed.is_none_or(|t| t.elapsed() >= REFRESH);
+    let changed = mem.backed_up != Some(volume.change_count());
+    let degraded = refresh_due && current_chunks_degraded(shared, volume).await;
+    if !changed && !degraded && !asked {
+        if refresh_due && let Some(record) = mem.record.clone() {
+            let held = give_record(shared, &record).await;
+            shared.backup_state.lock().root_holders = held;
+            mem.refreshed = Some(Instant::now());
+        }
+        return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
+    }
+    shared.backup_state.lock().busy = true;
+    let r = publish(shared, volume, mem, degraded).await;
+    shared.backup_state.lock().busy = false;
+    r
+}
+
+/// Takes a point, waits until it can be published, and publishes it (unless it holds
+/// exactly the chunks of the last backup and none needs placing again).
+async fn publish(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    mem: &mut Memory,
+    force: bool,
+) -> Result<u64, String> {
+    let point = loop {
+        let point = Arc::new(blocking(volume, |v| v.backup_point()).await?);
+        let since = Instant::now();
+        let stale = loop {
+            let p = point.clone();
+            match blocking(volume, move |v| v.backup_readiness(&p)).await? {
+                Readiness::Ready => break false,
+                Readiness::Stale => break true,
+                Readiness::Waiting(n) => {
+                    if since.elapsed() > READY_WITHIN {
+                        return Err(format!(
+                            "{n} blocks of the volume are still not in the pool"
+                        ));
+                    }
+                    if shared.stopping() {
+                        return Err("the pool stopped".into());
+                    }
+                    shared.kick.notify_one();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        if !stale {
+            break point;
+        }
+        tracing::debug!(target: "bitcloud::pool", "a block of the backup's snapshot was freed before it was placed; taking a new one");
+    };
+    let (chunks, stats) = place_chunks(shared, volume, point.clone()).await?;
+    let ids: Vec<BlockId> = chunks.iter().map(|c| c.id).collect();
+    if !force && mem.record.is_some() && ids == mem.chunks {
+        mem.backed_up = Some(point.commits);
+        return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
+    }
+    let keys = volume.backup_keys();
+    let manifest = Manifest {
+        volume_id: keys.volume_id,
+        generation: point.generation,
+        created: crate::volume::backup::unix_now(),
+        instance: point.instance,
+        rows: stats.rows,
+        bytes: stats.bytes,
+        chunks,
+    };
+    let plain = manifest.encode();
+    let manifest_ref = place_chunk(
+        shared,
+        volume,
+        crate::volume::backup::chunk_id(keys, &plain),
+        plain,
+    )
+    .await?;
+    let (seq, record) = sign_root(shared, volume, &point, manifest_ref.clone()).await?;
+    let held = give_record(shared, &record).await;
+    if held == 0 {
+        return Err("no peer took the root record".into());
+    }
+    let mut used = ids.clone();
+    used.push(manifest_ref.id);
+    let generation = point.generation;
+    let dropped = blocking(volume, move |v| v.record_backup(seq, generation, &used)).await?;
+    tracing::info!(target: "bitcloud::pool", seq, chunks = ids.len(), rows = stats.rows, bytes = stats.bytes, root_holders = held, chunks_released = dropped, "metadata backup published");
+    shared.backup_state.lock().root_holders = held;
+    mem.backed_up = Some(point.commits);
+    mem.chunks = ids;
+    mem.record = Some(record);
+    mem.refreshed = Some(Instant::now());
+    Ok(seq)
+}
+
+/// Dumps the point and places every chunk that is not already in the pool whole. Returns
+/// the chunks in order.
+async fn place_chunks(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    point: Arc<BackupPoint>,
+) -> Result<(Vec<ChunkRef>, crate::volume::backup::DumpStats), String> {
+    let known: HashMap<BlockId, MetaChunk> = blocking(volume, |v| v.meta_chunks())
+        .await?
+        .into_iter()
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(BlockId, Vec<u8>)>(2);
+    let v = volume.clone();
+    let max = crate::node::protocol::MAX_SHARD as usize;
+    let max = max.min(1 << 20);
+    let dumper = tokio::task::spawn_blocking(move || {
+        v.backup_dump(&point, max, |id, plain| {
+            tx.blocking_send((id, plain))
+                .map_err(|_| "the backup's upload stopped".to_string())
+        })
+    });
+    let mut out: Vec<Option<ChunkRef>> = Vec::new();
+    let mut running: JoinSet<(usize, Result<ChunkRef, String>)> = JoinSet::new();
+    let mut failure = None;
+    while let Some((id, plain)) = rx.recv().await {
+        let i = out.len();
+        out.push(None);
+        if let Some(c) = known.get(&id).filter(|c| whole(shared, c)) {
+            out[i] = Some(ChunkRef {
+                id,
+                plain_len: c.plain_len,
+                sealed_len: c.sealed_len,
+                placement: c.placement.clone(),
+            });
+            continue;
+        }
+        while running.len() >= IN_FLIGHT {
+            if let Some(Ok((j, r))) = running.join_next().await {
+                match r {
+                    Ok(c) => out[j] = Some(c),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        let (s, v) = (shared.clone(), volume.clone());
+        running.spawn(async move { (i, place_chunk(&s, &v, id, plain).await) });
+    }
+    drop(rx);
+    while let Some(r) = running.join_next().await {
+        if let Ok((j, r)) = r {
+            match r {
+                Ok(c) => out[j] = Some(c),
+                Err(e) => failure = Some(e),
+            }
+        }
+    }
+    let stats = dumper.await.map_err(|e| e.to_string())?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let stats = stats?;
+    let chunks = out
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or("a chunk of the backup was not placed")?;
+    Ok((chunks, stats))
+}
+
+/// Seals one chunk and places it, recording it: at least `k` shards must be placed.
+async fn place_chunk(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    id: BlockId,
+    plain: Vec<u8>,
+) -> Result<ChunkRef, String> {
+    let plain_len = plain.len() as u32;
+    let sealed = {
+        let v = volume.clone();
+        tokio::task::spawn_blocking(move || v.seal_chunk(&plain))
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let sealed_len = sealed.len() as u32;
+    let scheme = volume.scheme();
+    let placement = super::upload::place_new(shared, &id, sealed, scheme).await?;
+    if placement.placed() < placement.data as usize {
+        return Err(format!(
+            "only {} of the {} shards needed of a metadata chunk could be placed",
+            placement.placed(),
+            placement.data
+        ));
+    }
+    let chunk = MetaChunk {
+        last_seq: 0,
+        plain_len,
+        sealed_len,
+        placement: placement.clone(),
+    };
+    blocking(volume, move |v| v.record_meta_chunk(&id, chunk)).await?;
+    shared.backup_state.lock().chunks_placed += 1;
+    Ok(ChunkRef {
+        id,
+        plain_len,
+        sealed_len,
+        placement,
+    })
+}
+
+/// Whether every placed shard of a chunk still counts.
+fn whole(shared: &Shared, c: &MetaChunk) -> bool {
+    c.placement.placed() >= c.placement.data as usize
+        && c.placement
+            .shards
+            .iter()
+            .filter_map(|s| s.holder.as_deref().map(|h| (h, &s.id)))
+            .all(|(h, id)| shared.holder_live(h, id))
+}
+
+/// Whether a chunk of the current backup has lost a holder.
+async fn current_chunks_degraded(shared: &Arc<Shared>, volume: &Arc<Volume>) -> bool {
+    let Ok((seq, _)) = blocking(volume, |v| v.backup_seq()).await else {
+        return false;
+    };
+    let Ok(chunks) = blocking(volume, |v| v.meta_chunks()).await else {
+        return false;
+    };
+    seq > 0
+        && chunks
+            .iter()
+            .any(|(_, c)| c.last_seq == seq && !whole(shared, c))
+}
+
+/// Reads the pool's newest record, checks this copy was not superseded, and signs the next.
+async fn sign_root(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    point: &BackupPoint,
+    manifest: ChunkRef,
+) -> Result<(u64, Vec<u8>), String> {
+    let keys = volume.backup_keys();
+    let key = root::keypair(&keys.signing_seed);
+    let (mine, _) = blocking(volume, |v| v.backup_seq()).await?;
+    let newest = newest_record(shared, root::locator(&key)).await;
+    let mut seq = mine + 1;
+    if let Some(r) = newest {
+        if r.seq > mine {
+            let theirs = age::decrypt(&keys.identity, &r.payload)
+                .ok()
+                .and_then(|p| RootPayload::decode(&p).ok());
+            match theirs {
+                Some(p) if p.instance != point.instance => {
+                    let why = format!(
+                        "this volume was recovered on another machine (its backup #{} of {} is newer than this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
+                        r.seq,
+                        crate::units::ago(p.created),
+                    );
+                    tracing::error!(target: "bitcloud::pool", "{why}");
+                    shared.backup_state.lock().superseded = Some(why.clone());
+                    return Err(why);
+                }
+                _ => {}
+            }
+        }
+        seq = seq.max(r.seq + 1);
+    }
+    let node_key = shared
+        .config
+        .node_key
+        .as_ref()
+        .map(|k| k.0.to_vec())
+        .ok_or("the node key is not known to the pool")?;
+    let payload = RootPayload {
+        instance: point.instance,
+        created: crate::volume::backup::unix_now(),
+        generation: point.generation,
+        manifest,
+        node_key,
+    };
+    let sealed = age::encrypt(&keys.recipient, &payload.encode()).map_err(|e| e.to_string())?;
+    let record = RootRecord::sign(&key, seq, sealed).map_err(|e| e.to_string())?;
+    Ok((seq, record.encode()))
+}
+
+/// Storage peers connected now.
+fn storage_peers(shared: &Shared) -> Vec<PeerId> {
+    shared
+        .node
+        .pool_peers()
+        .into_iter()
+        .filter(|(_, s)| s.offered > 0)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The newest valid record any connected storage peer holds for `locator`.
+pub(super) async fn newest_record(shared: &Shared, locator: [u8; 32]) -> Option<RootRecord> {
+    let mut asks = JoinSet::new();
+    for peer in storage_peers(shared) {
+        let client = shared.node.client.clone();
+        asks.spawn(async move {
+            tokio::time::timeout(ASK_TIMEOUT, client.get_root(peer, locator))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten()
+        });
+    }
+    let mut best: Option<RootRecord> = None;
+    while let Some(r) = asks.join_next().await {
+        if let Ok(Some(r)) = r
+            && best.as_ref().is_none_or(|b| r.seq > b.seq)
+        {
+            best = Some(r);
+        }
+    }
+    best
+}
+
+/// Gives `record` to every connected storage peer; returns how many keep it.
+async fn give_record(shared: &Shared, record: &[u8]) -> u64 {
+    let mut puts = JoinSet::new();
+    for peer in storage_peers(shared) {
+        let client = shared.node.client.clone();
+        let record = record.to_vec();
+        puts.spawn(async move {
+            let r = tokio::time::timeout(ASK_TIMEOUT, client.put_root(peer, &record)).await;
+            if let Ok(Err(e)) = &r {
+                tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "a peer did not take the root record");
+            }
+            matches!(r, Ok(Ok(())))
+        });
+    }
+    let mut held = 0;
+    while let Some(r) = puts.join_next().await {
+        held += u64::from(matches!(r, Ok(true)));
+    }
+    held
+}
+
+async fn blocking<T: Send + 'static>(
+    volume: &Arc<Volume>,
+    f: impl FnOnce(&Volume) -> crate::volume::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let v = volume.clone();
+    tokio::task::spawn_blocking(move || f(&v))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
