@@ -16,5 +16,6 @@ mod nodes;
 mod pool;
 mod posix;
 mod private;
+mod recover;
 mod service;
 mod tools;

@@ -15,6 +15,7 @@ mod node;
 mod passphrase;
 mod peers;
 mod progress;
+mod recover;
 pub mod service;
 mod status;
 mod umount;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Show the volume: files, bytes, redundancy, uploads, cache, peers (or, where only a
     /// `bitcloud node` runs, the node).
     Status(status::StatusArgs),
+    /// Bring the volume back on a new machine from the identity file alone: its metadata
+    /// comes from the pool, its contents are read from the pool as they are used.
+    Recover(recover::RecoverArgs),
     /// Run a storage node: hold shards for the pool's other machines (foreground).
     Node(node::NodeCmdArgs),
     /// List known peers, or add one (`peers add MULTIADDR`).
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(a) => umount::run(&paths, a),
         Command::Status(a) => status::run(&paths, a),
         Command::Node(a) => node::run(&paths, a),
+        Command::Recover(a) => recover::run(&paths, a),
         Command::Peers(a) => peers::run(&paths, a),
         Command::Cache(a) => cache::run(&paths, a),
         Command::Fsck(a) => fsck::run(&paths, a),

@@ -342,6 +342,7 @@ fn publish_metadata(pool: &crate::pool::Pool, node: &crate::node::NodeHandle) {
     eprintln!("bitcloud: publishing the volume's metadata to the pool");
     match pool.backup_now(BACKUP_AT_UNMOUNT) {
         Ok(seq) => eprintln!("bitcloud: the pool holds the volume's metadata (backup #{seq})"),
+        Err(e) if e.contains("recovered on another machine") => eprintln!("bitcloud: {e}"),
         Err(e) => eprintln!(
             "bitcloud: the volume's metadata was not published ({e}); the next mount publishes it"
         ),

@@ -26,6 +26,7 @@ pub mod fetch;
 pub mod lease;
 pub mod release;
 pub mod repair;
+pub mod restore;
 pub mod upload;
 
 use std::sync::{Arc, Weak};
@@ -132,6 +133,32 @@ const MAX_LOST: usize = 100_000;
 const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(2);
 
 impl Shared {
+    pub(crate) fn new(
+        volume: Weak<Volume>,
+        node: NodeHandle,
+        config: PoolConfig,
+        placement_key: [u8; 32],
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            volume,
+            node,
+            config,
+            placement_key,
+            kick: Notify::new(),
+            stopping: Default::default(),
+            failed: Default::default(),
+            lost: Default::default(),
+            repair_kick: Notify::new(),
+            started: std::time::SystemTime::now(),
+            repaired_shards: Default::default(),
+            renewed_leases: Default::default(),
+            repairing: Default::default(),
+            backup_kick: Notify::new(),
+            backup_waiters: Default::default(),
+            backup_state: Default::default(),
+        })
+    }
+
     /// The rendezvous key of a block: only this volume's owner can compute it.
     pub fn rendezvous_key(&self, id: &BlockId) -> [u8; 32] {
         *blake3::keyed_hash(&self.placement_key, &id.0).as_bytes()
@@ -238,24 +265,7 @@ impl Pool {
         rt: tokio::runtime::Handle,
         config: PoolConfig,
     ) -> Arc<Pool> {
-        let shared = Arc::new(Shared {
-            volume: Arc::downgrade(volume),
-            node,
-            config,
-            placement_key: volume.placement_key(),
-            kick: Notify::new(),
-            stopping: Default::default(),
-            failed: Default::default(),
-            lost: Default::default(),
-            repair_kick: Notify::new(),
-            started: std::time::SystemTime::now(),
-            repaired_shards: Default::default(),
-            renewed_leases: Default::default(),
-            repairing: Default::default(),
-            backup_kick: Notify::new(),
-            backup_waiters: Default::default(),
-            backup_state: Default::default(),
-        });
+        let shared = Shared::new(Arc::downgrade(volume), node, config, volume.placement_key());
         let tasks = vec![
             rt.spawn(upload::run(shared.clone())),
             rt.spawn(release::run(shared.clone())),

@@ -148,7 +148,7 @@ pub fn run(paths: &Paths, args: MountArgs) -> Result<()> {
         );
     } else if !has_volume {
         bail!(
-            "{} exists but there is no volume in {} (restore it, or remove the identity and mount again to start a new volume)",
+            "{} exists but there is no volume in {} (`bitcloud recover` brings it back from the pool; or remove the identity and mount again to start a new volume)",
             identity.display(),
             paths.volume_dir().display()
         );

@@ -100,6 +100,9 @@ pub struct BackupReport {
     /// Collected blocks whose shards are held because a kept backup may name them.
     pub releases_held: u64,
     pub last_error: Option<String>,
+    /// The change count (`committed_changes`) the newest backup covers (mounted only).
+    #[serde(default)]
+    pub changes_covered: Option<u64>,
 }
 
 /// The pool's upkeep since the mount started.
@@ -285,6 +288,7 @@ impl StatusReport {
             root_holders: live.root_holders,
             releases_held: b.releases_held,
             last_error: live.superseded.or(live.last_error),
+            changes_covered: live.changes_covered,
         };
         self.summarize();
     }

@@ -6,9 +6,11 @@
 //! table (1) ‖ key ‖ value length u32 LE ‖ value`, table 0 the superblock (key: the name,
 //! value: `u64` LE), 1 `fs-2`, 2 `blocks-2`. Left out: inline block bytes (`01`: the pool
 //! holds those blocks like any other), the upload queue (`04`: a backup is published only
-//! once what it names is placed), and the backup's own chunk rows (`06`: the manifest lists
-//! them; were they in the dump, every backup would change the chunks holding them, and
-//! those changes would change the next backup's chunks, and so on).
+//! once what it names is placed), the release queue (`05`: publishing a backup queues the
+//! chunks it replaces for release, so with those rows in it every backup would change the
+//! next one; a restored volume leaves such shards to expire with their leases), the
+//! backup's own chunk rows (`06`: the manifest lists them, and they change with every
+//! backup) and the superblock values in [`VOLATILE`].
 //!
 //! `blocks-2` `06` ‖ chunk id → [`MetaChunk`]: a chunk of a published (or publishing)
 //! backup, its size and where its shards are.
@@ -154,6 +156,11 @@ impl WriteTx {
     }
 }
 
+/// The `blocks-2` key of a chunk row.
+pub fn meta_chunk_key(id: &BlockId) -> [u8; 33] {
+    keys::block(keys::META_CHUNK, id)
+}
+
 /// Appends one dump entry to `out`.
 pub fn push_entry(out: &mut Vec<u8>, table: u8, key: &[u8], value: &[u8]) {
     out.extend_from_slice(&((key.len() + 1) as u16).to_le_bytes());
@@ -268,10 +275,6 @@ pub fn dump(
     }
     for q in queued {
         placement_of(q, None)?;
-    }
-    for row in db!(blocks.range::<&[u8]>(&[keys::RELEASE][..]..&[keys::RELEASE + 1][..])) {
-        let (k, v) = db!(row);
-        emit(T_BLOCKS, k.value(), v.value())?;
     }
     end(Section::Blocks)
 }
@@ -390,7 +393,7 @@ mod tests {
         for cut in 1..b.len() {
             if entries(&b[..cut]).is_ok() {
                 // Only a cut at an entry boundary parses.
-                assert!(cut == 16 || cut == 16 + 21, "cut at {cut}");
+                assert!(cut == 15 || cut == 15 + 21, "cut at {cut}");
             }
         }
         let mut bad = b.clone();

@@ -49,8 +49,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 struct Memory {
     /// Change count of the last point that was published or found unchanged.
     backed_up: Option<u64>,
-    /// Chunk ids (manifest excluded) of the last published backup.
-    chunks: Vec<BlockId>,
+    /// Chunk ids of the current backup, its manifest included (from the database at the
+    /// first round: a mount that starts with nothing changed publishes nothing).
+    chunks: Option<std::collections::HashSet<BlockId>>,
     /// The current root record's bytes.
     record: Option<Vec<u8>>,
     refreshed: Option<Instant>,
@@ -60,7 +61,12 @@ struct Memory {
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut mem = Memory::default();
     loop {
-        let wait = shared.config.backup_interval;
+        // Until the pool's newest record has been read, look every second: releases wait
+        // for it (see `check_fence`).
+        let mut wait = shared.config.backup_interval;
+        if !shared.backup_state.lock().fenced {
+            wait = wait.min(Duration::from_secs(1));
+        }
         let _ = tokio::time::timeout(wait, shared.backup_kick.notified()).await;
         if shared.stopping() {
             return;
@@ -70,10 +76,14 @@ pub(super) async fn run(shared: Arc<Shared>) {
         };
         let asked = std::mem::take(&mut *shared.backup_waiters.lock());
         let result = round(&shared, &volume, &mut mem, !asked.is_empty()).await;
-        if let Err(e) = &result {
+        let mut st = shared.backup_state.lock();
+        if let Err(e) = &result
+            && st.last_error.as_ref() != Some(e)
+        {
             tracing::warn!(target: "bitcloud::pool", error = %e, "the metadata backup was not published; trying again later");
         }
-        shared.backup_state.lock().last_error = result.as_ref().err().cloned();
+        st.last_error = result.as_ref().err().cloned();
+        drop(st);
         for w in asked {
             let _ = w.send(result.clone());
         }
@@ -92,12 +102,19 @@ async fn round(
         return Err(why.clone());
     }
     if storage_peers(shared).is_empty() {
-        return Err("no storage peer is connected".into());
+        // A volume with no pool (or none reachable now): nothing to publish to.
+        return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
+    }
+    if !shared.backup_state.lock().fenced {
+        check_fence(shared, volume, mem).await?;
     }
     let refresh_due = mem.refreshed.is_none_or(|t| t.elapsed() >= REFRESH);
     let changed = mem.backed_up != Some(volume.change_count());
     let degraded = refresh_due && current_chunks_degraded(shared, volume).await;
-    if !changed && !degraded && !asked {
+    // Shards of freed blocks wait until no kept backup can name them: publishing again
+    // (the same chunks, a new manifest) lets them go.
+    let held = blocking(volume, |v| v.backup_status()).await?.releases_held > 0;
+    if !changed && !degraded && !asked && !held {
         if refresh_due && let Some(record) = mem.record.clone() {
             let held = give_record(shared, &record).await;
             shared.backup_state.lock().root_holders = held;
@@ -106,7 +123,7 @@ async fn round(
         return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
     }
     shared.backup_state.lock().busy = true;
-    let r = publish(shared, volume, mem, degraded).await;
+    let r = publish(shared, volume, mem, degraded || held).await;
     shared.backup_state.lock().busy = false;
     r
 }
@@ -146,10 +163,29 @@ async fn publish(
         }
         tracing::debug!(target: "bitcloud::pool", "a block of the backup's snapshot was freed before it was placed; taking a new one");
     };
-    let (chunks, stats) = place_chunks(shared, volume, point.clone()).await?;
+    let (chunks, stats, placed_any) = place_chunks(shared, volume, point.clone()).await?;
     let ids: Vec<BlockId> = chunks.iter().map(|c| c.id).collect();
-    if !force && mem.record.is_some() && ids == mem.chunks {
+    if mem.chunks.is_none() {
+        let (seq, _) = blocking(volume, |v| v.backup_seq()).await?;
+        let current = blocking(volume, |v| v.meta_chunks()).await?;
+        mem.chunks = Some(
+            current
+                .into_iter()
+                .filter(|(_, c)| seq > 0 && c.last_seq == seq)
+                .map(|(id, _)| id)
+                .collect(),
+        );
+    }
+    // The same chunks as the current backup (whose set also has its manifest), none placed
+    // anew: nothing to publish.
+    let distinct: std::collections::HashSet<BlockId> = ids.iter().copied().collect();
+    let same = mem.chunks.as_ref().is_some_and(|cur| {
+        cur.len() == distinct.len() + 1 && distinct.iter().all(|id| cur.contains(id))
+    });
+    if !force && !placed_any && same {
+        tracing::debug!(target: "bitcloud::pool", chunks = ids.len(), "the metadata backup is current");
         mem.backed_up = Some(point.commits);
+        shared.backup_state.lock().changes_covered = Some(point.commits);
         return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
     }
     let keys = volume.backup_keys();
@@ -170,31 +206,36 @@ async fn publish(
         plain,
     )
     .await?;
-    let (seq, record) = sign_root(shared, volume, &point, manifest_ref.clone()).await?;
+    let (seq, record) = sign_root(shared, volume, mem, &point, manifest_ref.clone()).await?;
     let held = give_record(shared, &record).await;
     if held == 0 {
         return Err("no peer took the root record".into());
     }
+    let manifest_id = manifest_ref.id;
     let mut used = ids.clone();
-    used.push(manifest_ref.id);
+    used.push(manifest_id);
     let generation = point.generation;
     let dropped = blocking(volume, move |v| v.record_backup(seq, generation, &used)).await?;
     tracing::info!(target: "bitcloud::pool", seq, chunks = ids.len(), rows = stats.rows, bytes = stats.bytes, root_holders = held, chunks_released = dropped, "metadata backup published");
-    shared.backup_state.lock().root_holders = held;
+    {
+        let mut st = shared.backup_state.lock();
+        st.root_holders = held;
+        st.changes_covered = Some(point.commits);
+    }
     mem.backed_up = Some(point.commits);
-    mem.chunks = ids;
+    mem.chunks = Some(distinct.into_iter().chain([manifest_id]).collect());
     mem.record = Some(record);
     mem.refreshed = Some(Instant::now());
     Ok(seq)
 }
 
 /// Dumps the point and places every chunk that is not already in the pool whole. Returns
-/// the chunks in order.
+/// the chunks in order, and whether any was placed now.
 async fn place_chunks(
     shared: &Arc<Shared>,
     volume: &Arc<Volume>,
     point: Arc<BackupPoint>,
-) -> Result<(Vec<ChunkRef>, crate::volume::backup::DumpStats), String> {
+) -> Result<(Vec<ChunkRef>, crate::volume::backup::DumpStats, bool), String> {
     let known: HashMap<BlockId, MetaChunk> = blocking(volume, |v| v.meta_chunks())
         .await?
         .into_iter()
@@ -212,6 +253,7 @@ async fn place_chunks(
     let mut out: Vec<Option<ChunkRef>> = Vec::new();
     let mut running: JoinSet<(usize, Result<ChunkRef, String>)> = JoinSet::new();
     let mut failure = None;
+    let mut placed_any = false;
     while let Some((id, plain)) = rx.recv().await {
         let i = out.len();
         out.push(None);
@@ -235,6 +277,7 @@ async fn place_chunks(
         if failure.is_some() {
             break;
         }
+        placed_any = true;
         let (s, v) = (shared.clone(), volume.clone());
         running.spawn(async move { (i, place_chunk(&s, &v, id, plain).await) });
     }
@@ -256,7 +299,7 @@ async fn place_chunks(
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or("a chunk of the backup was not placed")?;
-    Ok((chunks, stats))
+    Ok((chunks, stats, placed_any))
 }
 
 /// Seals one chunk and places it, recording it: at least `k` shards must be placed.
@@ -323,16 +366,17 @@ async fn current_chunks_degraded(shared: &Arc<Shared>, volume: &Arc<Volume>) -> 
             .any(|(_, c)| c.last_seq == seq && !whole(shared, c))
 }
 
-/// Reads the pool's newest record, checks this copy was not superseded, and signs the next.
-async fn sign_root(
+/// Reads the pool's newest root record: `Err` if another copy of the volume (another
+/// instance) published one newer than this copy's (which then stops publishing and
+/// releasing for good); otherwise the sequence to publish next.
+async fn check_fence(
     shared: &Arc<Shared>,
     volume: &Arc<Volume>,
-    point: &BackupPoint,
-    manifest: ChunkRef,
-) -> Result<(u64, Vec<u8>), String> {
+    mem: &mut Memory,
+) -> Result<u64, String> {
     let keys = volume.backup_keys();
     let key = root::keypair(&keys.signing_seed);
-    let (mine, _) = blocking(volume, |v| v.backup_seq()).await?;
+    let (mine, instance) = blocking(volume, |v| v.backup_seq()).await?;
     let newest = newest_record(shared, root::locator(&key)).await;
     let mut seq = mine + 1;
     if let Some(r) = newest {
@@ -340,22 +384,40 @@ async fn sign_root(
             let theirs = age::decrypt(&keys.identity, &r.payload)
                 .ok()
                 .and_then(|p| RootPayload::decode(&p).ok());
-            match theirs {
-                Some(p) if p.instance != point.instance => {
-                    let why = format!(
-                        "this volume was recovered on another machine (its backup #{} of {} is newer than this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
-                        r.seq,
-                        crate::units::ago(p.created),
-                    );
-                    tracing::error!(target: "bitcloud::pool", "{why}");
-                    shared.backup_state.lock().superseded = Some(why.clone());
-                    return Err(why);
-                }
-                _ => {}
+            if let Some(p) = theirs
+                && Some(p.instance) != instance
+            {
+                let why = format!(
+                    "this volume was recovered on another machine (its backup #{} of {} is newer than this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
+                    r.seq,
+                    crate::units::ago(p.created),
+                );
+                tracing::error!(target: "bitcloud::pool", "{why}");
+                shared.backup_state.lock().superseded = Some(why.clone());
+                return Err(why);
             }
+        }
+        if r.seq == mine && mem.record.is_none() {
+            // This copy's own current record: given again at each refresh.
+            mem.record = Some(r.encode());
         }
         seq = seq.max(r.seq + 1);
     }
+    shared.backup_state.lock().fenced = true;
+    Ok(seq)
+}
+
+/// Checks this copy was not superseded, and signs the next root record.
+async fn sign_root(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    mem: &mut Memory,
+    point: &BackupPoint,
+    manifest: ChunkRef,
+) -> Result<(u64, Vec<u8>), String> {
+    let keys = volume.backup_keys();
+    let key = root::keypair(&keys.signing_seed);
+    let seq = check_fence(shared, volume, mem).await?;
     let node_key = shared
         .config
         .node_key

@@ -26,8 +26,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if shared.stopping() {
             return;
         }
-        if shared.backup_state.lock().superseded.is_some() {
-            // Another copy of the volume uses these shards now.
+        let fence = {
+            let st = shared.backup_state.lock();
+            st.fenced && st.superseded.is_none()
+        };
+        if !fence {
+            // Not yet known that no other copy of the volume (recovered elsewhere with this
+            // node key) uses these shards, or known that one does.
             tokio::time::sleep(EVERY).await;
             continue;
         }

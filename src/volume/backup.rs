@@ -293,3 +293,66 @@ pub fn backup_status_of(tx: &ReadTx) -> Result<BackupStatus> {
         releases_held: tx.release_held()?,
     })
 }
+
+/// What a restore brought back.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    pub counts: crate::meta::Counts,
+    pub block_size: u32,
+}
+
+/// Writes the volume in `data_dir` from a backup: the dump's pieces in order from `next`
+/// (`None` at the end), published as backup `seq` of generation `generation` (created at
+/// `created`) with `chunks` (id, plaintext and sealed lengths, placement: the backup's own
+/// chunks and manifest, kept so that they are renewed and later released). The new copy
+/// gets an instance number of its own. The database appears only once it is complete.
+pub fn restore(
+    data_dir: &std::path::Path,
+    mut next: impl FnMut() -> std::result::Result<Option<Vec<u8>>, String>,
+    (seq, generation, created): (u64, u64, u64),
+    chunks: Vec<(BlockId, u32, u32, crate::meta::placement::Placement)>,
+) -> std::result::Result<Restored, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    // The backup's own chunk rows come after the dump, in the same restore.
+    let mut tail = Vec::new();
+    for (id, plain_len, sealed_len, placement) in chunks {
+        let c = MetaChunk {
+            last_seq: seq,
+            plain_len,
+            sealed_len,
+            placement,
+        };
+        rows::push_entry(
+            &mut tail,
+            rows::T_BLOCKS,
+            &crate::meta::backup::meta_chunk_key(&id),
+            &c.encode(),
+        );
+    }
+    let mut tail = Some(tail);
+    let extra = [
+        (rows::SB_BACKUP_GEN, generation),
+        (rows::SB_RELEASE_FLOOR, generation),
+        (rows::SB_PUBLISHED_GEN, generation),
+        (rows::SB_BACKUP_SEQ, seq),
+        (rows::SB_INSTANCE, new_instance()),
+        (rows::SB_BACKUP_TIME, created),
+    ];
+    let meta = crate::meta::MetaStore::restore(
+        &data_dir.join("meta.redb"),
+        || match next()? {
+            Some(piece) => Ok(Some(piece)),
+            None => Ok(tail.take()),
+        },
+        &extra,
+    )?;
+    let block_size = meta.superblock().map_err(|e| e.to_string())?.block_size;
+    let counts = meta
+        .read()
+        .and_then(|tx| tx.counts())
+        .map_err(|e| e.to_string())?;
+    drop(meta);
+    crate::store::BlockStore::open(&data_dir.join("blocks")).map_err(|e| e.to_string())?;
+    Ok(Restored { counts, block_size })
+}

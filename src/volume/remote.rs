@@ -79,6 +79,11 @@ pub struct BackupLive {
     pub superseded: Option<String>,
     /// A backup is being made now.
     pub busy: bool,
+    /// The volume's change count (`committed_changes`) that the newest backup covers.
+    pub changes_covered: Option<u64>,
+    /// The pool's newest root record was read since the mount started, and it is this
+    /// copy's own (or older): until then nothing is released (see `pool::backup`).
+    pub fenced: bool,
 }
 
 /// What an audit of one placed shard found.
