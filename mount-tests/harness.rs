@@ -124,10 +124,15 @@ impl Mount {
 
     /// Mounts an existing home at `mnt` (both under `root`, which the caller keeps alive).
     pub fn existing(root: &Path, home: &Path, mnt: &Path) -> Mount {
+        Mount::existing_with(root, home, mnt, &[])
+    }
+
+    /// [`Mount::existing`] with `-o` options.
+    pub fn existing_with(root: &Path, home: &Path, mnt: &Path, options: &[&str]) -> Mount {
         let mut m = Mount {
             home: home.to_path_buf(),
             mnt: mnt.to_path_buf(),
-            options: Vec::new(),
+            options: options.iter().map(|s| s.to_string()).collect(),
             child: None,
             _root: tempfile::Builder::new()
                 .prefix("unused")

@@ -17,6 +17,8 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
         "repair_interval_secs = 1",
     );
     edit_config(&home, "repair_grace_secs = 3600", "repair_grace_secs = 3");
+    // The metadata backup's chunks are placed anew too (a new backup after the repairs).
+    edit_config(&home, "backup_secs = 60", "backup_secs = 1");
     let mut m = mount_with_peers(root.path(), &home, &mnt, 8);
     sh(
         &mnt,
@@ -48,6 +50,8 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
     drop_caches(&m);
     assert_eq!(sums(&mnt), before, "read back after the repair");
 
+    // The metadata backup no longer names the lost nodes either.
+    wait_backup_current(&m);
     // A node that comes back gives up the copies that were rebuilt elsewhere.
     nodes[0].start();
     wait_for("the returning node's surplus released", || {

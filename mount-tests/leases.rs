@@ -20,6 +20,19 @@ fn all_held(nodes: &[Node]) -> Option<Vec<(u64, u64)>> {
     nodes.iter().map(held).collect()
 }
 
+/// What the nodes hold once the metadata backup covers every change and nothing is left to
+/// release (the shards of the backup's chunks are held under leases like blocks').
+fn settled(m: &crate::harness::Mount, nodes: &[Node]) -> Vec<(u64, u64)> {
+    wait_backup_current(m);
+    wait_showing("nothing left to release", || {
+        let s = status(&m.home).ok_or("no status")?;
+        (n(&s, "/upload/releases_pending") == 0)
+            .then_some(())
+            .ok_or_else(|| s["upload"].to_string())
+    });
+    all_held(nodes).unwrap()
+}
+
 #[test]
 fn leases_keep_a_live_owners_shards_and_collect_a_vanished_owners() {
     let root = test_root("bitcloud-lease");
@@ -42,14 +55,17 @@ fn leases_keep_a_live_owners_shards_and_collect_a_vanished_owners() {
         node.start();
     }
     let (home, mnt) = new_volume(root.path(), "2+2", &nodes);
-    let mut m = mount_with_peers(root.path(), &home, &mnt, 4);
+    edit_config(&home, "backup_secs = 60", "backup_secs = 1");
+    // No access times: reads change no metadata, so the backup (and its shards) stay put.
+    let mut m = crate::harness::Mount::existing_with(root.path(), &home, &mnt, &["noatime"]);
+    wait_for_peers(&m, 4);
     crate::harness::sh(
         &mnt,
         "for i in 1 2 3 4; do head -c 3000000 /dev/urandom > f$i; done; echo small > s; sync",
     );
     let before = sums(&mnt);
     wait_full_redundancy(&m);
-    let placed = all_held(&nodes).unwrap();
+    let placed = settled(&m, &nodes);
     let total: u64 = placed.iter().map(|(c, _)| c).sum();
     assert!(placed.iter().all(|(c, t)| *c > 0 && *t == 0), "{placed:?}");
 
@@ -61,6 +77,8 @@ fn leases_keep_a_live_owners_shards_and_collect_a_vanished_owners() {
     assert_eq!(all_held(&nodes).unwrap(), placed, "live leases kept");
     drop_caches(&m);
     assert_eq!(sums(&mnt), before);
+    // Reading changed access times: a new metadata backup, whose shards are held too.
+    let placed = settled(&m, &nodes);
 
     // The owner goes away: its copies run out of lease and move to the trash.
     m.stop();
@@ -72,8 +90,11 @@ fn leases_keep_a_live_owners_shards_and_collect_a_vanished_owners() {
     });
     // Back within the trash period: the first renewals bring every copy back.
     m.start();
-    wait_for("every copy back from the trash", || {
-        (all_held(&nodes)? == placed).then_some(())
+    wait_showing("every copy back from the trash", || {
+        let now = all_held(&nodes).ok_or("a node did not answer")?;
+        (now == placed)
+            .then_some(())
+            .ok_or_else(|| format!("{now:?}, placed {placed:?}"))
     });
     drop_caches(&m);
     assert_eq!(sums(&mnt), before, "read back from the restored copies");

@@ -310,3 +310,19 @@ pub(crate) fn shard_files(node: &Node) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Waits until the mount's newest published metadata backup covers every change made so
+/// far; returns its sequence.
+pub(crate) fn wait_backup_current(m: &Mount) -> u64 {
+    let changes = n(&status(&m.home).unwrap(), "/committed_changes");
+    wait_showing("a metadata backup covering every change", || {
+        let s = status(&m.home).ok_or("no status")?;
+        let covered = s
+            .pointer("/backup/changes_covered")
+            .and_then(|v| v.as_u64());
+        match covered {
+            Some(c) if c >= changes && n(&s, "/backup/seq") > 0 => Ok(n(&s, "/backup/seq")),
+            _ => Err(format!("{}", s["backup"])),
+        }
+    })
+}

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::harness::{Mount, bitcloud, sh};
+use crate::harness::{bitcloud, sh};
 use crate::nodes::*;
 
 /// Names, types, modes, sizes, link counts, symlink targets and mtimes of a tree.
@@ -44,21 +44,6 @@ fn recover(home: &Path, identity: &Path, nodes: &[Node]) -> String {
     );
     assert!(out.status.success(), "recover failed:\n{text}");
     text
-}
-
-/// Waits until the mount's newest published backup covers every change made so far.
-fn wait_backup_current(m: &Mount) -> u64 {
-    let changes = n(&status(&m.home).unwrap(), "/committed_changes");
-    wait_showing("a backup covering every change", || {
-        let s = status(&m.home).ok_or("no status")?;
-        let covered = s
-            .pointer("/backup/changes_covered")
-            .and_then(|v| v.as_u64());
-        match covered {
-            Some(c) if c >= changes && n(&s, "/backup/seq") > 0 => Ok(n(&s, "/backup/seq")),
-            _ => Err(format!("{}", s["backup"])),
-        }
-    })
 }
 
 #[test]

@@ -88,6 +88,9 @@ impl Default for PoolConfig {
     }
 }
 
+/// Longest `fsck --repair` waits for the metadata backup to be placed anew.
+const BACKUP_REPAIR_WITHIN: Duration = Duration::from_secs(180);
+
 /// How often the metadata backup is published when something changed, by default.
 pub const DEFAULT_BACKUP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -394,6 +397,15 @@ impl Remote for Pool {
             move |shared| async move { check::respread(&shared, id, &placement, &failed).await },
         )
         .unwrap_or_else(|| Err("the pool stopped".into()))
+    }
+
+    fn respread_backup(&self, failed: &[crate::meta::placement::ShardPlace]) -> Result<(), String> {
+        for s in failed {
+            if let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok()) {
+                self.shared.mark_lost(s.id, peer);
+            }
+        }
+        self.backup_now(BACKUP_REPAIR_WITHIN).map(|_| ())
     }
 
     fn backup(&self) -> crate::volume::remote::BackupLive {

@@ -43,6 +43,7 @@ struct Due {
 /// Runs until the pool stops or the volume goes.
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut due: HashMap<PeerId, Due> = HashMap::new();
+    let mut shortest = Duration::MAX;
     loop {
         if shared.stopping() {
             return;
@@ -55,6 +56,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         for (peer, ids) in by_holder {
             while tasks.len() >= IN_FLIGHT {
                 if let Some(Ok((peer, r))) = tasks.join_next().await {
+                    if let Ok(l) = &r {
+                        shortest = shortest.min(*l);
+                    }
                     settle(&mut due, peer, r);
                 }
             }
@@ -63,15 +67,25 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         while let Some(r) = tasks.join_next().await {
             if let Ok((peer, r)) = r {
+                if let Ok(l) = &r {
+                    shortest = shortest.min(*l);
+                }
                 settle(&mut due, peer, r);
             }
         }
+        // Holders that get their first shards later are looked for again within a third
+        // of the shortest lease seen (every second while nothing is placed yet).
+        let look = if due.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            LOOK_EVERY.min(renew_every(shortest))
+        };
         let next = due
             .values()
             .map(|d| d.at)
             .min()
-            .unwrap_or(now + LOOK_EVERY)
-            .min(Instant::now() + LOOK_EVERY);
+            .unwrap_or(now + look)
+            .min(Instant::now() + look);
         tokio::time::sleep_until(next.max(Instant::now() + Duration::from_secs(1)).into()).await;
     }
 }

@@ -277,7 +277,7 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
                 .collect(),
         },
     };
-    let placed_now = put_unplaced(shared, &id, &mut shards, &mut p).await;
+    let placed_now = put_unplaced(shared, &id, &mut shards, &mut p, &mut HashSet::new()).await;
     let full = p.is_full();
     if placed_now == 0 && !full {
         return Outcome::Partial; // nothing new to record
@@ -300,13 +300,15 @@ async fn upload_one(shared: &Arc<Shared>, id: BlockId) -> Outcome {
 }
 
 /// Puts the shards of `p` that have no holder yet (`shards[i]` is shard `i`'s bytes; those
-/// put are taken) on free peers, one per failure domain the block does not use yet, and
-/// records who took them. Returns how many were placed now.
+/// put are taken) on free peers, one per failure domain the block does not use yet and
+/// none in `avoid`, and records who took them; a peer whose put fails joins `avoid`.
+/// Returns how many were placed now.
 pub(super) async fn put_unplaced(
     shared: &Arc<Shared>,
     id: &BlockId,
     shards: &mut [Vec<u8>],
     p: &mut Placement,
+    avoid: &mut HashSet<PeerId>,
 ) -> usize {
     let id = *id;
     let mut placed_now = 0;
@@ -318,7 +320,8 @@ pub(super) async fn put_unplaced(
     }
     // Peers (and hosts) that already hold a shard of this block take no other.
     let holders: Vec<Vec<u8>> = p.shards.iter().filter_map(|s| s.holder.clone()).collect();
-    let free = free_candidates(shared, &holders);
+    let mut free = free_candidates(shared, &holders);
+    free.retain(|(peer, _)| !avoid.contains(peer));
     let cands: Vec<Candidate> = free.iter().map(|(_, c)| c.clone()).collect();
     let chosen = rank(&shared.rendezvous_key(&id), &cands, unplaced.len());
     tracing::debug!(target: "bitcloud::pool", block = %id.short(), unplaced = unplaced.len(), candidates = cands.len(), chosen = chosen.len(), "placing shards");
@@ -344,8 +347,9 @@ pub(super) async fn put_unplaced(
                 placed_now += 1;
             }
             Err(e) => {
-                // Kept for another try.
+                // Kept for another try, elsewhere.
                 shards[i] = bytes;
+                avoid.insert(peer);
                 tracing::debug!(target: "bitcloud::pool", block = %id.short(), %peer, error = %e, "shard put failed");
                 if let crate::node::ClientError::Refused(r) = e
                     && matches!(
@@ -392,8 +396,9 @@ pub(super) async fn place_new(
             })
             .collect(),
     };
+    let mut avoid = HashSet::new();
     for round in 0..3u32 {
-        put_unplaced(shared, id, &mut shards, &mut p).await;
+        put_unplaced(shared, id, &mut shards, &mut p, &mut avoid).await;
         if p.is_full() || shared.stopping() {
             break;
         }

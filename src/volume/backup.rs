@@ -356,3 +356,6 @@ pub fn restore(
     crate::store::BlockStore::open(&data_dir.join("blocks")).map_err(|e| e.to_string())?;
     Ok(Restored { counts, block_size })
 }
+
+#[cfg(test)]
+mod tests;

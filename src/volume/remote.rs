@@ -54,6 +54,13 @@ pub trait Remote: Send + Sync {
         failed: &[usize],
     ) -> std::result::Result<(), String>;
 
+    /// The shards `failed` of the metadata backup's chunks count as lost: the next backup,
+    /// made now, places those chunks anew (`fsck --repair`).
+    fn respread_backup(&self, failed: &[ShardPlace]) -> std::result::Result<(), String> {
+        let _ = failed;
+        Err("no pool".into())
+    }
+
     /// What the pool's upkeep has done so far.
     fn counters(&self) -> PoolCounters {
         PoolCounters::default()

@@ -3,6 +3,10 @@
 //! holders do not all prove theirs is short of redundancy; one with fewer than `k` proved
 //! shards and no local copy cannot be read back now. With `--repair`, the failed shards are
 //! rebuilt on other peers at once ([`Remote::respread`]), whatever the grace period.
+//!
+//! The chunks of the current metadata backup (what `bitcloud recover` would bring back) are
+//! audited the same way; with `--repair`, failed ones are placed anew by a backup made
+//! there and then ([`Remote::respread_backup`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -53,6 +57,78 @@ impl Checker<'_> {
             }
         }
         self.tick("pool", total, total, false);
+        self.check_backup(remote)
+    }
+
+    /// The current metadata backup's chunks (see the module docs).
+    fn check_backup(&mut self, remote: &dyn Remote) -> Result<()> {
+        let (seq, _) = self.vol.backup_seq()?;
+        if seq == 0 {
+            return Ok(());
+        }
+        let chunks: Vec<(BlockId, Placement)> = self
+            .vol
+            .meta_chunks()?
+            .into_iter()
+            .filter(|(_, c)| c.last_seq == seq)
+            .map(|(id, c)| (id, c.placement))
+            .collect();
+        let total = chunks.len() as u64;
+        self.tick("metadata backup", 0, total, false);
+        let checks = audit_blocks(remote, chunks, false, &mut |n| {
+            self.tick("metadata backup", n, total, false)
+        });
+        let mut failed = Vec::new();
+        let mut problems = Vec::new();
+        for c in checks {
+            let placed = c
+                .checks
+                .iter()
+                .filter(|s| **s != ShardCheck::Unplaced)
+                .count() as u64;
+            let proved = c.checks.iter().filter(|s| **s == ShardCheck::Good).count();
+            self.report.shards_audited += placed;
+            self.report.shards_proved += proved as u64;
+            if proved == placed as usize {
+                continue;
+            }
+            let mut why = Vec::new();
+            for (i, s) in c.checks.iter().enumerate() {
+                if let ShardCheck::Bad(w) | ShardCheck::NoAnswer(w) = s {
+                    why.push(format!("shard {i}: {w}"));
+                    failed.push(c.placement.shards[i].clone());
+                }
+            }
+            let kind = if proved < c.placement.data as usize {
+                ProblemKind::UnrecoverableInPool
+            } else {
+                ProblemKind::ShortOfShards
+            };
+            problems.push(self.problem(
+                kind,
+                format!(
+                    "metadata backup #{seq}, chunk {}: {proved} of {placed} shards proved ({})",
+                    c.id.short(),
+                    why.join("; ")
+                ),
+                vec![],
+            ));
+        }
+        self.tick("metadata backup", total, total, false);
+        if self.opts.repair && !failed.is_empty() {
+            let r = remote.respread_backup(&failed);
+            for p in problems {
+                let pr = &mut self.report.problems[p];
+                match &r {
+                    Ok(()) => {
+                        pr.repaired = true;
+                        pr.detail
+                            .push_str(" (a new backup placed it on other peers)");
+                    }
+                    Err(e) => pr.detail.push_str(&format!(" (not placed anew: {e})")),
+                }
+            }
+        }
         Ok(())
     }
 
