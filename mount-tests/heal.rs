@@ -52,11 +52,24 @@ fn lost_nodes_are_replaced_and_a_returning_node_gives_up_its_surplus() {
 
     // The metadata backup no longer names the lost nodes either.
     wait_backup_current(&m);
-    // A node that comes back gives up the copies that were rebuilt elsewhere.
+    // A node that comes back gives up the copies that were rebuilt elsewhere: it keeps
+    // only what the volume names now (no block's shard; maybe some of the metadata
+    // backup's, placed since it came back).
     nodes[0].start();
-    wait_for("the returning node's surplus released", || {
-        let s = status(&nodes[0].home)?;
-        (n(&s, "/store/used_bytes") == 0).then_some(())
+    wait_showing("the returning node's surplus released", || {
+        let held = n(
+            &status(&nodes[0].home).ok_or("no node status")?,
+            "/store/shards",
+        );
+        let s = status(&m.home).ok_or("no status")?;
+        let p = s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == gone[0].as_str()))
+            .ok_or("the node is not among the peers")?;
+        let named = n(p, "/our_shards") + n(p, "/our_backup_shards");
+        (held == named)
+            .then_some(())
+            .ok_or_else(|| format!("it holds {held} shards, the volume names {named}"))
     });
     assert_eq!(shards_on(&m, &gone[0]), Some(0));
     drop_caches(&m);

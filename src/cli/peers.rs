@@ -119,8 +119,11 @@ fn list(paths: &Paths, json: bool) -> Result<()> {
             p.latency_ms
                 .map(|l| format!(" {l:.1} ms"))
                 .unwrap_or_default(),
-            if p.our_shards > 0 {
-                format!(" holds {} of our shards", p.our_shards)
+            if (p.our_shards + p.our_backup_shards) > 0 {
+                format!(
+                    " holds {} of our shards",
+                    (p.our_shards + p.our_backup_shards)
+                )
             } else {
                 String::new()
             },

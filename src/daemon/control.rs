@@ -140,7 +140,11 @@ impl ControlServer {
                         .as_ref()
                         .and_then(|v| v.shards_by_holder().ok())
                         .unwrap_or_default();
-                    serde_json::json!({ "peers": super::network::peer_reports(&n.node, &ours) })
+                    let backup = v
+                        .as_ref()
+                        .and_then(|v| v.backup_shards_by_holder().ok())
+                        .unwrap_or_default();
+                    serde_json::json!({ "peers": super::network::peer_reports(&n.node, &ours, &backup) })
                         .to_string()
                 }
                 None => err("this mount runs no node".into()),
@@ -198,7 +202,7 @@ impl ControlServer {
         };
         serde_json::json!({
             "node": super::network::node_report(&n.node),
-            "peers": super::network::peer_reports(&n.node, &Default::default()),
+            "peers": super::network::peer_reports(&n.node, &Default::default(), &Default::default()),
             "store": super::network::store_report(&n.node).unwrap_or_default(),
             "pid": std::process::id(),
         })
@@ -253,7 +257,11 @@ impl ControlServer {
         r.shards = format!("{k}+{m}");
         if let Some(n) = &self.net {
             r.node = Some(super::network::node_report(&n.node));
-            r.peers = super::network::peer_reports(&n.node, &volume.shards_by_holder()?);
+            r.peers = super::network::peer_reports(
+                &n.node,
+                &volume.shards_by_holder()?,
+                &volume.backup_shards_by_holder()?,
+            );
             r.store = super::network::store_report(&n.node);
         }
         r.set_pool(&volume.remote_status()?);

@@ -126,10 +126,12 @@ pub fn node_report(h: &NodeHandle) -> super::status::NodeReport {
     }
 }
 
-/// Every known peer, with how many of our shards it holds (`ours`: peer id bytes → count).
+/// Every known peer, with how many of our shards it holds (`ours`: blocks' shards, and
+/// `backup`: the metadata backup's; peer id bytes → count).
 pub fn peer_reports(
     h: &NodeHandle,
     ours: &std::collections::HashMap<Vec<u8>, u64>,
+    backup: &std::collections::HashMap<Vec<u8>, u64>,
 ) -> Vec<super::status::PeerReport> {
     h.peers
         .snapshot()
@@ -149,6 +151,7 @@ pub fn peer_reports(
             used_bytes: s.used,
             used_by_us_bytes: s.used_by_us,
             our_shards: ours.get(&id.to_bytes()).copied().unwrap_or(0),
+            our_backup_shards: backup.get(&id.to_bytes()).copied().unwrap_or(0),
             failed_requests: s.failed,
             bad_shards: s.bad_shards,
             lost_shards: s.lost_shards,

@@ -167,8 +167,11 @@ pub struct PeerReport {
     /// Of that, what this volume stores there.
     #[serde(default)]
     pub used_by_us_bytes: u64,
-    /// Shards of this volume it holds.
+    /// Shards of this volume's blocks it holds.
     pub our_shards: u64,
+    /// Shards of this volume's metadata backup it holds.
+    #[serde(default)]
+    pub our_backup_shards: u64,
     pub failed_requests: u64,
     pub bad_shards: u64,
     /// Shards it stored for us and no longer had when asked.
@@ -485,7 +488,7 @@ pub fn node_lines(n: &NodeReport, peers: &[PeerReport], store: Option<&StoreRepo
                 .unwrap_or_default(),
             p.addresses.first().map(String::as_str).unwrap_or("-"),
             human(p.offered_bytes.saturating_sub(p.used_bytes)),
-            p.our_shards,
+            p.our_shards + p.our_backup_shards,
             { format!(" {}", peer_health(p)) }
         ));
     }

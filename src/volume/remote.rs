@@ -419,9 +419,20 @@ impl Volume {
         })
     }
 
-    /// How many of our shards each peer holds (peer id bytes → shards).
+    /// How many of our blocks' shards each peer holds (peer id bytes → shards).
     pub fn shards_by_holder(&self) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
         Ok(self.meta.read()?.shards_by_holder()?)
+    }
+
+    /// How many shards of the metadata backup's kept chunks each peer holds.
+    pub fn backup_shards_by_holder(&self) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
+        let mut out = std::collections::HashMap::new();
+        for (_, c) in self.meta.read()?.meta_chunks()? {
+            for h in c.placement.shards.into_iter().filter_map(|s| s.holder) {
+                *out.entry(h).or_default() += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes local block files the pool holds at full redundancy, least recently used
