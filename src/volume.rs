@@ -55,6 +55,12 @@ use crate::meta::{MetaStore, Reader};
 use crate::names::NameCipher;
 use crate::store::BlockStore;
 
+/// Lowers the calling thread's CPU priority (nice 10), for background work of the volume
+/// that runs on a thread of its own (the metadata backup's dump).
+pub fn lower_thread_priority() {
+    sealer::lower_priority(10);
+}
+
 /// Largest file the volume accepts (bytes). Far above 4 GiB; keeps offsets well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Longest name accepted in a directory (bytes), as on ext4.

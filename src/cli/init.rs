@@ -95,6 +95,18 @@ impl Created {
     }
 }
 
+/// Creates the home's config and data directories (mode 0700).
+pub fn make_home_dirs(paths: &Paths) -> Result<()> {
+    for dir in [&paths.config_dir, &paths.data_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Creates the identity, the volume and the default config under `paths`.
 pub fn create(
     paths: &Paths,
@@ -119,13 +131,7 @@ pub fn create(
             paths.volume_dir().display()
         );
     }
-    for dir in [&paths.config_dir, &paths.data_dir] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
+    make_home_dirs(paths)?;
     let pass = super::passphrase::given(passphrase_file)?;
     let identity = keys::create_identity_file(&identity_path, pass.as_ref())?;
     // SAFETY: getuid/getgid cannot fail.

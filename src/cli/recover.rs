@@ -4,7 +4,7 @@
 //! like a volume whose local cache was dropped. The machine takes back the volume's node
 //! key, so it owns the volume's shards: it renews their leases and releases what it frees.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,13 +61,7 @@ pub fn run(paths: &Paths, args: RecoverArgs) -> Result<()> {
             volume_dir.display()
         );
     }
-    for dir in [&paths.config_dir, &paths.data_dir] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
+    super::init::make_home_dirs(paths)?;
     let identity = paths.identity_file();
     let copied = take_identity(&identity, args.identity.as_deref())?;
     let keys = super::passphrase::load_keys(&identity, args.passphrase_file.as_deref())

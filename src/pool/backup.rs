@@ -244,12 +244,20 @@ async fn place_chunks(
     let v = volume.clone();
     let max = crate::node::protocol::MAX_SHARD as usize;
     let max = max.min(1 << 20);
-    let dumper = tokio::task::spawn_blocking(move || {
-        v.backup_dump(&point, max, |id, plain| {
-            tx.blocking_send((id, plain))
-                .map_err(|_| "the backup's upload stopped".to_string())
+    // On a thread of its own at a lower priority: a dump of a large volume takes seconds of
+    // CPU, which must not delay FUSE requests on a small machine.
+    let (done_tx, dumper) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bitcloud-backup".into())
+        .spawn(move || {
+            crate::volume::lower_thread_priority();
+            let r = v.backup_dump(&point, max, |id, plain| {
+                tx.blocking_send((id, plain))
+                    .map_err(|_| "the backup's upload stopped".to_string())
+            });
+            let _ = done_tx.send(r);
         })
-    });
+        .map_err(|e| format!("starting the backup's dump: {e}"))?;
     let mut out: Vec<Option<ChunkRef>> = Vec::new();
     let mut running: JoinSet<(usize, Result<ChunkRef, String>)> = JoinSet::new();
     let mut failure = None;
@@ -290,7 +298,9 @@ async fn place_chunks(
             }
         }
     }
-    let stats = dumper.await.map_err(|e| e.to_string())?;
+    let stats = dumper
+        .await
+        .map_err(|_| "the backup's dump stopped".to_string())?;
     if let Some(e) = failure {
         return Err(e);
     }

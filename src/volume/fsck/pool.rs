@@ -81,15 +81,8 @@ impl Checker<'_> {
         let mut failed = Vec::new();
         let mut problems = Vec::new();
         for c in checks {
-            let placed = c
-                .checks
-                .iter()
-                .filter(|s| **s != ShardCheck::Unplaced)
-                .count() as u64;
-            let proved = c.checks.iter().filter(|s| **s == ShardCheck::Good).count();
-            self.report.shards_audited += placed;
-            self.report.shards_proved += proved as u64;
-            if proved == placed as usize {
+            let (placed, proved) = self.tally(&c.checks);
+            if proved == placed {
                 continue;
             }
             let mut why = Vec::new();
@@ -132,15 +125,20 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn settle(&mut self, c: BlockCheck) -> Result<()> {
-        let placed = c
-            .checks
+    /// Counts a block's (or chunk's) audits into the report: (shards placed, proved).
+    fn tally(&mut self, checks: &[ShardCheck]) -> (usize, usize) {
+        let placed = checks
             .iter()
             .filter(|s| **s != ShardCheck::Unplaced)
-            .count() as u64;
-        let proved = c.checks.iter().filter(|s| **s == ShardCheck::Good).count();
-        self.report.shards_audited += placed;
+            .count();
+        let proved = checks.iter().filter(|s| **s == ShardCheck::Good).count();
+        self.report.shards_audited += placed as u64;
         self.report.shards_proved += proved as u64;
+        (placed, proved)
+    }
+
+    fn settle(&mut self, c: BlockCheck) -> Result<()> {
+        let (_, proved) = self.tally(&c.checks);
         if proved == c.checks.len() {
             return Ok(());
         }
