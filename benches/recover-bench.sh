@@ -107,6 +107,8 @@ grep -q "the pool holds the volume's metadata" "$DIR/mount1.log" || die "the unm
 SEQ=$(json "$H1" "d['backup']['seq']")
 CHUNKS=$(json "$H1" "d['backup']['chunks']")
 CBYTES=$(json "$H1" "d['backup']['chunk_bytes']")
+CUR=$(json "$H1" "d['backup']['current_chunks']")
+CURB=$(json "$H1" "d['backup']['current_bytes']")
 STORED=$(json "$H1" "d['stored_bytes']")
 rm -rf "$H1"
 
@@ -133,7 +135,7 @@ MNTS=()
 
 report=$($PY - <<EOF
 w, placed, um, rec, lst, rd = $WRITE, $PLACED, $UMOUNT, $RECOVER, $LIST, $READ
-cb, st = $CBYTES, $STORED
+cb, st, cur, curb = $CBYTES, $STORED, $CUR, $CURB
 print("## bitcloud recover benchmark — $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores")
 print()
 print(f"A mount and $NODES nodes on 127.0.0.2-7 (3+3); $FILES files of 4 KiB in {($FILES + 99) // 100} directories and $BIG MiB in 4 files; every file's sha256 checked after the recovery.")
@@ -147,7 +149,7 @@ print(f"| \`recover\` in an empty home (find the root, fetch and write the metad
 print(f"| list every file of the recovered mount ($N files) | {lst:.2f} | {lst / w:.2f} |")
 print(f"| read every file back from the pool and hash it | {rd:.2f} | {rd / w:.2f} |")
 print()
-print(f"Metadata backup #$SEQ: $CHUNKS chunks kept (the newest two backups, manifests included), {cb / 2**20:.2f} MiB sealed, {100 * cb / st:.2f} % of the {st / 2**20:.1f} MiB of sealed blocks (each stored 2x in the pool by 3+3).")
+print(f"Metadata backup #$SEQ: {cur} chunks, {curb / 2**20:.2f} MiB sealed ({curb / ($FILES + 4):.0f} bytes per file), {100 * curb / st:.2f} % of the {st / 2**20:.1f} MiB of sealed blocks; with the backup before it (kept too) $CHUNKS chunks, {cb / 2**20:.2f} MiB. Each is stored 2x in the pool by 3+3, like the blocks.")
 EOF
 )
 echo "$report"

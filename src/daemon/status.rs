@@ -95,6 +95,11 @@ pub struct BackupReport {
     /// Chunks the kept backups use (manifests included) and their sealed bytes.
     pub chunks: u64,
     pub chunk_bytes: u64,
+    /// Of those, the newest backup's.
+    #[serde(default)]
+    pub current_chunks: u64,
+    #[serde(default)]
+    pub current_bytes: u64,
     /// Peers that took the current root record the last time it was given (mounted only).
     pub root_holders: u64,
     /// Collected blocks whose shards are held because a kept backup may name them.
@@ -288,6 +293,8 @@ impl StatusReport {
             age_secs: b.published_at.map(|t| now.saturating_sub(t)),
             chunks: b.chunks,
             chunk_bytes: b.chunk_bytes,
+            current_chunks: b.current_chunks,
+            current_bytes: b.current_bytes,
             root_holders: live.root_holders,
             releases_held: b.releases_held,
             last_error: live.superseded.or(live.last_error),
@@ -415,8 +422,8 @@ impl StatusReport {
                 format!(
                     "backup #{}{when} ({} chunks, {}){}",
                     b.seq,
-                    b.chunks,
-                    human(b.chunk_bytes),
+                    b.current_chunks,
+                    human(b.current_bytes),
                     if b.root_holders > 0 {
                         format!(", root on {} peers", b.root_holders)
                     } else {

@@ -67,6 +67,9 @@ pub struct BackupStatus {
     /// Chunks (and their sealed bytes) the kept backups use, the manifests included.
     pub chunks: u64,
     pub chunk_bytes: u64,
+    /// Of those, the newest backup's.
+    pub current_chunks: u64,
+    pub current_bytes: u64,
     /// Release rows held back because a kept backup may name their shards.
     pub releases_held: u64,
 }
@@ -285,11 +288,19 @@ impl Volume {
 /// The backup figures of a snapshot (also read by `status` with no mount running).
 pub fn backup_status_of(tx: &ReadTx) -> Result<BackupStatus> {
     let chunks = tx.meta_chunks()?;
+    let seq = tx.sb_value(rows::SB_BACKUP_SEQ)?.unwrap_or(0);
+    let current: Vec<&MetaChunk> = chunks
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| seq > 0 && c.last_seq == seq)
+        .collect();
     Ok(BackupStatus {
-        seq: tx.sb_value(rows::SB_BACKUP_SEQ)?.unwrap_or(0),
+        seq,
         published_at: tx.sb_value(rows::SB_BACKUP_TIME)?,
         chunks: chunks.len() as u64,
         chunk_bytes: chunks.iter().map(|(_, c)| u64::from(c.sealed_len)).sum(),
+        current_chunks: current.len() as u64,
+        current_bytes: current.iter().map(|c| u64::from(c.sealed_len)).sum(),
         releases_held: tx.release_held()?,
     })
 }
