@@ -4,8 +4,9 @@
 //! after an unmount, and again (in the recovered copy) after a kill -9 that left a change
 //! covered by the last published backup; each time `bitcloud recover --identity --peer`
 //! in an empty home brings back every name, type, mode, size, link count, symlink target,
-//! mtime, xattr and byte, read from the pool. The original copy, started again afterwards,
-//! finds the volume was recovered elsewhere and stops publishing.
+//! mtime, xattr and byte, read from the pool (the second time with half the nodes frozen).
+//! The original copy, started again afterwards, finds the volume was recovered elsewhere and
+//! stops publishing.
 
 use std::path::Path;
 
@@ -24,16 +25,16 @@ fn xattrs(dir: &Path) -> String {
     )
 }
 
-/// Recovers the volume of `identity` into `home`, asking `nodes`.
-fn recover(home: &Path, identity: &Path, nodes: &[Node]) -> String {
+/// Recovers the volume of `identity` into `home`, asking the nodes at `addrs`.
+fn recover(home: &Path, identity: &Path, addrs: &[String]) -> String {
     let mut args = vec![
         "recover".to_string(),
         "--identity".into(),
         identity.display().to_string(),
     ];
-    for node in nodes {
+    for a in addrs {
         args.push("--peer".into());
-        args.push(node.addr());
+        args.push(a.clone());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = bitcloud(home, &args);
@@ -49,7 +50,8 @@ fn recover(home: &Path, identity: &Path, nodes: &[Node]) -> String {
 #[test]
 fn a_lost_machine_comes_back_from_the_identity_file_alone() {
     let root = test_root("bitcloud-recover");
-    let nodes = start_nodes(root.path(), 6);
+    let mut nodes = start_nodes(root.path(), 6);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
     let (home, mnt) = new_volume(root.path(), "3+3", &nodes);
     edit_config(&home, "backup_secs = 60", "backup_secs = 1");
     let identity = root.path().join("identity-backup.age");
@@ -88,7 +90,7 @@ fn a_lost_machine_comes_back_from_the_identity_file_alone() {
     let home2 = root.path().join("home2");
     let mnt2 = root.path().join("mnt2");
     std::fs::create_dir(&mnt2).unwrap();
-    let said = recover(&home2, &identity, &nodes);
+    let said = recover(&home2, &identity, &addrs);
     assert!(said.contains("found backup #"), "{said}");
     assert!(said.contains(&format!(" {files} files,")), "{said}");
     // Nothing of the contents is on this disk: it comes from the pool.
@@ -120,7 +122,15 @@ fn a_lost_machine_comes_back_from_the_identity_file_alone() {
     let home3 = root.path().join("home3");
     let mnt3 = root.path().join("mnt3");
     std::fs::create_dir(&mnt3).unwrap();
-    let said = recover(&home3, &identity, &nodes);
+    // Half the pool is frozen (SIGSTOP: connections open, nothing answers): any 3 of the 6
+    // shards of every chunk, and any holder of the newest record, are enough.
+    for node in &mut nodes[3..] {
+        node.signal(libc::SIGSTOP);
+    }
+    let said = recover(&home3, &identity, &addrs);
+    for node in &mut nodes[3..] {
+        node.signal(libc::SIGCONT);
+    }
     // That backup, or a later one (reading updated access times).
     let found: u64 = said
         .split("found backup #")
@@ -158,7 +168,7 @@ fn a_lost_machine_comes_back_from_the_identity_file_alone() {
     });
     old.stop();
     let home4 = root.path().join("home4");
-    recover(&home4, &identity, &nodes);
+    recover(&home4, &identity, &addrs);
     let mnt4 = root.path().join("mnt4");
     std::fs::create_dir(&mnt4).unwrap();
     let mut m4 = mount_with_peers(root.path(), &home4, &mnt4, 6);
