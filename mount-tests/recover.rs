@@ -143,6 +143,14 @@ fn a_lost_machine_comes_back_from_the_identity_file_alone() {
         "found backup #{found}, #{seq} was current: {said}"
     );
     let mut m3 = mount_with_peers(root.path(), &home3, &mnt3, 6);
+    // Unchanged, it still publishes a backup of its own at once: a copy left on the lost
+    // machine must find itself superseded.
+    wait_showing("the recovered copy's own backup", || {
+        let s = status(&home3).ok_or("no status")?;
+        (n(&s, "/backup/seq") > found)
+            .then_some(())
+            .ok_or_else(|| s["backup"].to_string())
+    });
     assert_eq!((listing(&mnt3), sums(&mnt3)), before2);
     wait_backup_current(&m3);
     m3.stop();

@@ -340,6 +340,13 @@ impl Volume {
         *self.last_change.lock() = std::time::Instant::now();
     }
 
+    /// Called after a commit of the metadata backup's own bookkeeping: it is made durable
+    /// like any commit, but is no change of the volume (the backup does not hold those rows,
+    /// and counting them would make every backup due another).
+    fn mark_bookkeeping(&self) {
+        self.needs_checkpoint.store(true, Ordering::Relaxed);
+    }
+
     /// (commits so far, commits known durable): when the second reaches a value the first had,
     /// everything committed up to then is on disk.
     pub fn commit_counts(&self) -> (u64, u64) {

@@ -54,6 +54,9 @@ struct Memory {
     chunks: Option<std::collections::HashSet<BlockId>>,
     /// The current root record's bytes.
     record: Option<Vec<u8>>,
+    /// This copy was recovered from the pool's newest record and has not published one of
+    /// its own yet: it must, so that a copy left on the lost machine finds it superseded.
+    must_publish: bool,
     refreshed: Option<Instant>,
 }
 
@@ -114,7 +117,7 @@ async fn round(
     // Shards of freed blocks wait until no kept backup can name them: publishing again
     // (the same chunks, a new manifest) lets them go.
     let held = blocking(volume, |v| v.backup_status()).await?.releases_held > 0;
-    if !changed && !degraded && !asked && !held {
+    if !changed && !degraded && !asked && !held && !mem.must_publish {
         if refresh_due && let Some(record) = mem.record.clone() {
             let held = give_record(shared, &record).await;
             shared.backup_state.lock().root_holders = held;
@@ -123,7 +126,8 @@ async fn round(
         return Ok(blocking(volume, |v| v.backup_seq()).await?.0);
     }
     shared.backup_state.lock().busy = true;
-    let r = publish(shared, volume, mem, degraded || held).await;
+    let force = degraded || held || mem.must_publish;
+    let r = publish(shared, volume, mem, force).await;
     shared.backup_state.lock().busy = false;
     r
 }
@@ -223,6 +227,7 @@ async fn publish(
         st.changes_covered = Some(point.commits);
     }
     mem.backed_up = Some(point.commits);
+    mem.must_publish = false;
     mem.chunks = Some(distinct.into_iter().chain([manifest_id]).collect());
     mem.record = Some(record);
     mem.refreshed = Some(Instant::now());
@@ -376,9 +381,14 @@ async fn current_chunks_degraded(shared: &Arc<Shared>, volume: &Arc<Volume>) -> 
             .any(|(_, c)| c.last_seq == seq && !whole(shared, c))
 }
 
-/// Reads the pool's newest root record: `Err` if another copy of the volume (another
-/// instance) published one newer than this copy's (which then stops publishing and
+/// Reads the root records the pool holds: `Err` if another copy of the volume (another
+/// instance) published a newer one than this copy's (which then stops publishing and
 /// releasing for good); otherwise the sequence to publish next.
+///
+/// At this copy's own sequence, a record of another instance is either the one this copy
+/// was recovered from (no record of its own there: it must publish, to claim the volume) or
+/// one published at the same time as this copy's own (the later record wins, then the
+/// larger instance number; the loser stops).
 async fn check_fence(
     shared: &Arc<Shared>,
     volume: &Arc<Volume>,
@@ -387,34 +397,61 @@ async fn check_fence(
     let keys = volume.backup_keys();
     let key = root::keypair(&keys.signing_seed);
     let (mine, instance) = blocking(volume, |v| v.backup_seq()).await?;
-    let newest = newest_record(shared, root::locator(&key)).await;
-    let mut seq = mine + 1;
-    if let Some(r) = newest {
-        if r.seq > mine {
-            let theirs = age::decrypt(&keys.identity, &r.payload)
-                .ok()
-                .and_then(|p| RootPayload::decode(&p).ok());
-            if let Some(p) = theirs
-                && Some(p.instance) != instance
-            {
-                let why = format!(
-                    "this volume was recovered on another machine (its backup #{} of {} is newer than this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
-                    r.seq,
-                    crate::units::ago(p.created),
-                );
-                tracing::error!(target: "bitcloud::pool", "{why}");
-                shared.backup_state.lock().superseded = Some(why.clone());
-                return Err(why);
+    let records = records_held(shared, root::locator(&key)).await;
+    let open = |r: &RootRecord| {
+        age::decrypt(&keys.identity, &r.payload)
+            .ok()
+            .and_then(|p| RootPayload::decode(&p).ok())
+    };
+    let mut own_at_mine: Option<(RootRecord, RootPayload)> = None;
+    let mut others_at_mine: Vec<RootPayload> = Vec::new();
+    let mut newest = mine;
+    for r in &records {
+        newest = newest.max(r.seq);
+        let Some(p) = open(r) else { continue };
+        let theirs = Some(p.instance) != instance;
+        if r.seq > mine && theirs {
+            return Err(superseded(shared, r.seq, &p, mine));
+        }
+        if r.seq == mine && mine > 0 {
+            if theirs {
+                others_at_mine.push(p);
+            } else {
+                own_at_mine = Some((r.clone(), p));
             }
         }
-        if r.seq == mine && mem.record.is_none() {
-            // This copy's own current record: given again at each refresh.
-            mem.record = Some(r.encode());
+    }
+    match own_at_mine {
+        Some((r, p)) => {
+            if let Some(winner) = others_at_mine
+                .iter()
+                .find(|o| (o.created, o.instance) > (p.created, p.instance))
+            {
+                return Err(superseded(shared, mine, winner, mine));
+            }
+            if mem.record.is_none() {
+                // This copy's own current record: given again at each refresh.
+                mem.record = Some(r.encode());
+            }
         }
-        seq = seq.max(r.seq + 1);
+        // Recovered from that record: publish one of this copy's own.
+        None if !others_at_mine.is_empty() => mem.must_publish = true,
+        None => {}
     }
     shared.backup_state.lock().fenced = true;
-    Ok(seq)
+    Ok(newest + 1)
+}
+
+/// Records that another copy of the volume published `seq` (this copy is at `mine`): this
+/// copy stops publishing and releasing. Returns the message.
+fn superseded(shared: &Shared, seq: u64, theirs: &RootPayload, mine: u64) -> String {
+    let why = format!(
+        "this volume was recovered on another machine (its backup #{seq} of {} supersedes this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
+        crate::units::ago(theirs.created),
+    );
+    tracing::error!(target: "bitcloud::pool", "{why}");
+    shared.backup_state.lock().superseded = Some(why.clone());
+    why
 }
 
 /// Checks this copy was not superseded, and signs the next root record.
@@ -457,8 +494,9 @@ fn storage_peers(shared: &Shared) -> Vec<PeerId> {
         .collect()
 }
 
-/// The newest valid record any connected storage peer holds for `locator`.
-pub(super) async fn newest_record(shared: &Shared, locator: [u8; 32]) -> Option<RootRecord> {
+/// The valid records connected storage peers hold for `locator` (one per peer that has
+/// one).
+async fn records_held(shared: &Shared, locator: [u8; 32]) -> Vec<RootRecord> {
     let mut asks = JoinSet::new();
     for peer in storage_peers(shared) {
         let client = shared.node.client.clone();
@@ -470,15 +508,13 @@ pub(super) async fn newest_record(shared: &Shared, locator: [u8; 32]) -> Option<
                 .flatten()
         });
     }
-    let mut best: Option<RootRecord> = None;
+    let mut out = Vec::new();
     while let Some(r) = asks.join_next().await {
-        if let Ok(Some(r)) = r
-            && best.as_ref().is_none_or(|b| r.seq > b.seq)
-        {
-            best = Some(r);
+        if let Ok(Some(r)) = r {
+            out.push(r);
         }
     }
-    best
+    out
 }
 
 /// Gives `record` to every connected storage peer; returns how many keep it.

@@ -133,6 +133,7 @@ impl Volume {
             }
         };
         tx.commit()?;
+        self.mark_bookkeeping();
         let at = self.meta.read()?;
         let queued = at
             .upload_queue(None, usize::MAX)?
@@ -234,7 +235,7 @@ impl Volume {
         }
         tx.put_meta_chunk(id, &chunk)?;
         tx.commit()?;
-        self.mark_dirty();
+        self.mark_bookkeeping();
         Ok(())
     }
 
@@ -266,7 +267,7 @@ impl Volume {
         )?;
         tx.set_sb_value(rows::SB_BACKUP_TIME, unix_now())?;
         tx.commit()?;
-        self.mark_dirty();
+        self.mark_bookkeeping();
         Ok(dropped)
     }
 
