@@ -400,12 +400,22 @@ impl Remote for Pool {
     }
 
     fn respread_backup(&self, failed: &[crate::meta::placement::ShardPlace]) -> Result<(), String> {
+        let before = self
+            .shared
+            .volume
+            .upgrade()
+            .and_then(|v| v.backup_seq().ok())
+            .map_or(0, |(seq, _)| seq);
         for s in failed {
             if let Some(peer) = s.holder.as_deref().and_then(|h| PeerId::from_bytes(h).ok()) {
                 self.shared.mark_lost(s.id, peer);
             }
         }
-        self.backup_now(BACKUP_REPAIR_WITHIN).map(|_| ())
+        let after = self.backup_now(BACKUP_REPAIR_WITHIN)?;
+        if after <= before {
+            return Err("no new backup could be published (no storage peer took one)".into());
+        }
+        Ok(())
     }
 
     fn backup(&self) -> crate::volume::remote::BackupLive {

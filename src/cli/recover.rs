@@ -61,6 +61,23 @@ pub fn run(paths: &Paths, args: RecoverArgs) -> Result<()> {
             volume_dir.display()
         );
     }
+    let node_key = paths.node_key_file();
+    if node_key.exists() {
+        bail!(
+            "{} exists: this home already has a node of its own; recover into a fresh home (--home DIR)",
+            node_key.display()
+        );
+    }
+    let mut peers = Vec::new();
+    for p in &args.peers {
+        let addr = crate::node::parse_peer_addr(p)?;
+        if crate::node::peer_of(&addr).is_none() {
+            bail!(
+                "--peer {p} does not end in /p2p/<peer id>: `bitcloud status` on that machine shows its full addresses"
+            );
+        }
+        peers.push(addr);
+    }
     super::init::make_home_dirs(paths)?;
     let identity = paths.identity_file();
     let copied = take_identity(&identity, args.identity.as_deref())?;
@@ -76,23 +93,10 @@ pub fn run(paths: &Paths, args: RecoverArgs) -> Result<()> {
         std::fs::write(&config_file, DEFAULT_CONFIG)
             .with_context(|| format!("writing {}", config_file.display()))?;
     }
-    for p in &args.peers {
-        let addr = crate::node::parse_peer_addr(p)?;
-        if crate::node::peer_of(&addr).is_none() {
-            bail!(
-                "--peer {p} does not end in /p2p/<peer id>: `bitcloud status` on that machine shows its full addresses"
-            );
-        }
+    for addr in &peers {
         crate::config::add_bootstrap(&config_file, &addr.to_string())?;
     }
     let config = Config::load(&config_file)?;
-    let node_key = paths.node_key_file();
-    if node_key.exists() {
-        bail!(
-            "{} exists: this home already has a node of its own; recover into a fresh home (--home DIR)",
-            node_key.display()
-        );
-    }
     // Recovering, the node has a key of its own and offers nothing; the volume's node key
     // comes with the backup.
     let mut cfg = network::node_config(
@@ -163,7 +167,7 @@ fn recover_with(
         node.id
     );
     let say = |s: String| eprintln!("bitcloud: {s}");
-    let found = net
+    let mut found = net
         .runtime
         .block_on(crate::pool::restore::find_root(
             &node,
@@ -172,21 +176,51 @@ fn recover_with(
             &say,
         ))
         .map_err(|e| anyhow!(e))?;
-    let p = &found.payload;
-    eprintln!(
-        "bitcloud: found backup #{} of {} ({}), held by {} of {} peers asked",
-        found.record.seq,
-        crate::units::ago(p.created),
-        time_of(p.created),
-        found.holding,
-        found.asked
-    );
     let shared = crate::pool::restore::detached(node.clone(), Duration::from_secs(30));
-    let manifest = net
-        .runtime
-        .block_on(crate::pool::restore::fetch_manifest(&shared, keys, p))
-        .map_err(|e| anyhow!(e))?;
+    let quiet = |_: String| {};
+    let manifest = loop {
+        let p = &found.payload;
+        eprintln!(
+            "bitcloud: found backup #{} of {} ({}), held by {} of {} peers asked",
+            found.record.seq,
+            crate::units::ago(p.created),
+            time_of(p.created),
+            found.holding,
+            found.asked
+        );
+        let manifest = net
+            .runtime
+            .block_on(crate::pool::restore::fetch_manifest(&shared, keys, p))
+            .map_err(|e| anyhow!(e))?;
+        // Fetching reached the manifest's holders: peers the first search may not have
+        // known. Any of them with a newer record wins.
+        let again = net
+            .runtime
+            .block_on(crate::pool::restore::find_root(
+                &node,
+                keys,
+                Duration::from_secs(5),
+                &quiet,
+            ))
+            .ok()
+            .filter(|a| a.record.seq > found.record.seq);
+        match again {
+            Some(newer) => {
+                eprintln!(
+                    "bitcloud: a peer reached since holds a newer backup (#{})",
+                    newer.record.seq
+                );
+                found = newer;
+            }
+            None => break manifest,
+        }
+    };
+    let p = &found.payload;
     let total = manifest.chunks.len() as u64;
+    // The node key first: a database without it would be a volume whose shards this
+    // machine does not own. Both go if anything after fails.
+    crate::node::key::store(&paths.node_key_file(), &p.node_key)
+        .context("writing the volume's node key")?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let fetching = {
         let (shared, keys, manifest) = (shared.clone(), keys.clone(), manifest.clone());
@@ -209,6 +243,8 @@ fn recover_with(
         (found.record.seq, p.generation, p.created),
         crate::pool::restore::chunk_rows(&manifest, p),
     );
+    // A restore that stopped early leaves the fetch waiting to hand over the next chunk.
+    drop(rx);
     let fetched = net
         .runtime
         .block_on(fetching)
@@ -218,16 +254,20 @@ fn recover_with(
     let restored = match (restored, fetched) {
         (Ok(r), Ok(())) if got == total => r,
         (r, f) => {
-            // Nothing half-made stays behind: the database appears only when complete, but
-            // a fetch that failed after it did must not leave it either.
-            let _ = std::fs::remove_file(paths.volume_dir().join("meta.redb"));
-            let why = f.err().or(r.err().map(|e| anyhow!(e)));
-            return Err(why.unwrap_or_else(|| anyhow!("the backup ended early")))
-                .context("recovering the volume's metadata");
+            // Nothing half-made stays behind.
+            let volume = paths.volume_dir();
+            for f in ["meta.redb", "meta.restoring"] {
+                let _ = std::fs::remove_file(volume.join(f));
+            }
+            let _ = std::fs::remove_file(paths.node_key_file());
+            let why = match (r, f) {
+                (Err(e), _) => anyhow!(e),
+                (_, Err(e)) => e,
+                _ => anyhow!("the backup ended early ({got} of {total} chunks)"),
+            };
+            return Err(why).context("recovering the volume's metadata");
         }
     };
-    crate::node::key::store(&paths.node_key_file(), &p.node_key)
-        .context("writing the volume's node key")?;
     let c = &restored.counts;
     println!(
         "bitcloud: recovered the volume from backup #{} ({} rows in {} chunks)",

@@ -54,6 +54,9 @@ pub const VOLATILE: &[&str] = &[
     "journal_epoch",
 ];
 
+/// Why a dump stopped when a block it names cannot be read from the pool (see [`dump`]).
+pub const STALE: &str = "a block the snapshot names is not in the pool any more";
+
 /// Dump entry tables.
 pub const T_SUPERBLOCK: u8 = 0;
 pub const T_FS: u8 = 1;
@@ -105,6 +108,15 @@ macro_rules! impl_backup_reads {
             pub fn sb_value(&self, name: &str) -> Result<Option<u64>> {
                 let sb = db!(self.txn.open_table(SUPERBLOCK));
                 Ok(db!(sb.get(name)).map(|g| g.value()))
+            }
+
+            /// One chunk row of the backup.
+            pub fn meta_chunk(&self, id: &BlockId) -> Result<Option<MetaChunk>> {
+                let t = db!(self.txn.open_table(BLOCKS));
+                Ok(match db!(t.get(&keys::block(keys::META_CHUNK, id)[..])) {
+                    Some(v) => Some(MetaChunk::decode(v.value())?),
+                    None => None,
+                })
             }
 
             /// Every chunk row of the backup, in id order.
@@ -221,8 +233,10 @@ pub enum Section {
 
 /// Emits every row of the backup taken at `at`, in key order, through `emit(table, key,
 /// value)`, and `end(section)` after each section. Placement rows are taken from `now` (a
-/// later snapshot) where it has one: `at` may predate the placement of blocks that were
-/// queued then (`queued`, which the caller checked `now` places) or a repair since.
+/// later snapshot) where it has one with at least `k` shards placed: `at` may predate the
+/// placement of blocks that were queued then (`queued`, which the caller checked `now`
+/// places) or a repair since. A block live at `at` that neither snapshot places on `k`
+/// peers stops the dump with `MetaError::Aborted(STALE)`: take a new snapshot.
 pub fn dump(
     at: &ReadTx,
     now: &ReadTx,
@@ -251,13 +265,31 @@ pub fn dump(
             emit(T_BLOCKS, k.value(), v.value())?;
         }
     }
-    // Placements: every block `at` placed or queued, with its newest placement.
+    // Placements: every block `at` placed or queued, with its newest placement from which
+    // it can be read (a block freed and written again since has new shards, maybe not yet
+    // placed: the old ones are held for this backup).
     let mut queued = queued.iter().peekable();
+    let readable = |v: &[u8]| -> Result<bool> {
+        let p = Placement::decode(v)?;
+        Ok(p.placed() >= p.data as usize)
+    };
     let mut placement_of = |id: &BlockId, then: Option<&[u8]>| -> Result<()> {
         let key = keys::block(keys::PLACEMENT, id);
-        match db!(later.get(&key[..])) {
-            Some(v) => emit(T_BLOCKS, &key, v.value()),
-            None => match then {
+        let newer = db!(later.get(&key[..]));
+        let newer = newer.as_ref().map(|v| v.value());
+        let chosen = match (newer, then) {
+            (Some(v), _) if readable(v)? => Some(v),
+            (_, Some(t)) if readable(t)? => Some(t),
+            _ => None,
+        };
+        match chosen {
+            Some(v) => emit(T_BLOCKS, &key, v),
+            // A live block the pool cannot give back: not a backup to publish.
+            None if db!(blocks.get(&keys::block(keys::RECORD, id)[..])).is_some() => {
+                Err(MetaError::Aborted(STALE.into()))
+            }
+            // Freed at the snapshot: nobody reads it.
+            None => match newer.or(then) {
                 Some(v) => emit(T_BLOCKS, &key, v),
                 None => Ok(()),
             },

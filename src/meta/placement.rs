@@ -282,6 +282,23 @@ macro_rules! impl_placement_reads {
                 Ok(self.release_rows(None, limit, false)?.rows)
             }
 
+            /// The shards of release rows a published metadata backup may still need: kept
+            /// under lease like placed ones until they may go.
+            pub fn held_release_shards(&self) -> Result<Vec<ShardPlace>> {
+                let Some(floor) = self.sb_value(super::backup::SB_RELEASE_FLOOR)? else {
+                    return Ok(Vec::new());
+                };
+                let t = db!(self.txn.open_table(BLOCKS));
+                let mut out = Vec::new();
+                for (_, v) in range(&t, keys::RELEASE, None, usize::MAX)? {
+                    let (stamp, shards) = decode_release_stamped(&v)?;
+                    if stamp >= floor {
+                        out.extend(shards);
+                    }
+                }
+                Ok(out)
+            }
+
             /// Release rows a published metadata backup may still need (see `backup`).
             pub fn release_held(&self) -> Result<u64> {
                 let floor = self.sb_value(super::backup::SB_RELEASE_FLOOR)?;
@@ -472,11 +489,11 @@ impl WriteTx {
             }
             live
         };
-        // Copies a repair replaced: the shards themselves live on elsewhere, so no backup
-        // needs these copies.
-        self.add_release(id, surplus, 0)?;
+        // Copies a repair replaced: a published backup still names their holders until the
+        // next one, so they are held like freed blocks' shards.
+        let stamp = self.release_stamp()?;
+        self.add_release(id, surplus, stamp)?;
         if !live {
-            let stamp = self.release_stamp()?;
             self.add_release(id, &p.shards, stamp)?;
         }
         Ok(live)

@@ -309,7 +309,7 @@ impl Client {
                         Err(e) => Err(ClientError::Protocol(e.to_string())),
                     }
                 }
-                Response::NotFound | Response::Unsupported => Ok(None),
+                Response::NotFound => Ok(None),
                 Response::Refused(r) => Err(ClientError::Refused(r)),
                 other => Err(ClientError::Protocol(format!("{other:?} to a root get"))),
             }

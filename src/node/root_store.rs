@@ -8,7 +8,9 @@
 //! and again when read back at start; a file that does not verify is removed.
 //!
 //! Bounds: at most [`MAX_ROOTS`] records, at most [`MAX_PER_OWNER`] stored by one peer
-//! (a mount has one volume); each lives for the node's lease plus trash period after the
+//! (a mount has one volume), a new one only from a peer this node stores shards for (the
+//! owner gives its record to every storage peer; those holding its manifest always take
+//! it); each lives for the node's lease plus trash period after the
 //! last put, which the owner repeats while it runs (a few KiB now and then), like the
 //! shards' leases.
 
@@ -89,8 +91,16 @@ impl RootStore {
     }
 
     /// Keeps `bytes` for `owner` if it is a valid record newer than the one held (the same
-    /// record again renews it).
-    pub fn put(&self, owner: &[u8], bytes: &[u8], now: u64) -> Result<RootPut, ShardStoreError> {
+    /// record again renews it). A record for a locator not held yet is taken only if
+    /// `may_add` (the node holds shards for `owner`: peer ids cost nothing, stored shards
+    /// do, so a crowd of made-up peers cannot fill the store).
+    pub fn put(
+        &self,
+        owner: &[u8],
+        bytes: &[u8],
+        now: u64,
+        may_add: bool,
+    ) -> Result<RootPut, ShardStoreError> {
         let Ok(record) = RootRecord::decode_verified(bytes) else {
             return Ok(RootPut::Refused(Refusal::BadRecord));
         };
@@ -103,7 +113,7 @@ impl RootStore {
             Some(_) => {}
             None => {
                 let mine = held.values().filter(|h| h.owner == owner).count();
-                if held.len() >= MAX_ROOTS || mine >= MAX_PER_OWNER {
+                if !may_add || held.len() >= MAX_ROOTS || mine >= MAX_PER_OWNER {
                     return Ok(RootPut::Refused(Refusal::OfferFull));
                 }
             }
@@ -206,31 +216,33 @@ mod tests {
         let store = RootStore::open(dir.path(), keep).unwrap();
         let locator = keypair(&[1; 32]).public().to_bytes();
         assert_eq!(
-            store.put(b"a", &record(1, 5, b"five"), 0).unwrap(),
+            store.put(b"a", &record(1, 5, b"five"), 0, true).unwrap(),
             RootPut::Stored
         );
         assert_eq!(
-            store.put(b"a", &record(1, 4, b"four"), 0).unwrap(),
+            store.put(b"a", &record(1, 4, b"four"), 0, true).unwrap(),
             RootPut::Refused(Refusal::Stale),
             "a lower sequence is refused"
         );
         assert_eq!(
-            store.put(b"b", &record(1, 5, b"other five"), 0).unwrap(),
+            store
+                .put(b"b", &record(1, 5, b"other five"), 0, true)
+                .unwrap(),
             RootPut::Refused(Refusal::Stale),
             "a second record with the same sequence is refused"
         );
         assert_eq!(
-            store.put(b"a", &record(1, 5, b"five"), 10).unwrap(),
+            store.put(b"a", &record(1, 5, b"five"), 10, true).unwrap(),
             RootPut::Stored
         );
         let mut forged = record(2, 9, b"forged");
         forged[4..36].copy_from_slice(&locator);
         assert_eq!(
-            store.put(b"b", &forged, 0).unwrap(),
+            store.put(b"b", &forged, 0, true).unwrap(),
             RootPut::Refused(Refusal::BadRecord)
         );
         assert_eq!(
-            store.put(b"a", &record(1, 6, b"six"), 20).unwrap(),
+            store.put(b"a", &record(1, 6, b"six"), 20, true).unwrap(),
             RootPut::Stored
         );
         drop(store);
@@ -255,16 +267,16 @@ mod tests {
         let store = RootStore::open(dir.path(), Duration::from_secs(100)).unwrap();
         for seed in 0..MAX_PER_OWNER as u8 {
             assert_eq!(
-                store.put(b"a", &record(seed, 1, b"x"), 0).unwrap(),
+                store.put(b"a", &record(seed, 1, b"x"), 0, true).unwrap(),
                 RootPut::Stored
             );
         }
         assert_eq!(
-            store.put(b"a", &record(200, 1, b"x"), 0).unwrap(),
+            store.put(b"a", &record(200, 1, b"x"), 0, true).unwrap(),
             RootPut::Refused(Refusal::OfferFull)
         );
         assert_eq!(
-            store.put(b"b", &record(200, 1, b"x"), 0).unwrap(),
+            store.put(b"b", &record(200, 1, b"x"), 0, true).unwrap(),
             RootPut::Stored
         );
         let victim = dir.path().join(hex(&keypair(&[0; 32]).public().to_bytes()));

@@ -132,11 +132,12 @@ async fn handle(
             .unwrap_or(Response::Refused(Refusal::Busy))
     };
     let response = match (request, store) {
-        (Request::PutRoot { record }, _) => match roots {
+        (Request::PutRoot { record }, store) => match roots {
             None => Response::Refused(Refusal::OfferFull),
             Some(roots) => {
+                let may_add = store.as_ref().is_some_and(|s| s.used_by(&owner) > 0);
                 blocking(Box::new(move || {
-                    match roots.put(&owner, &record, super::lease::now_secs()) {
+                    match roots.put(&owner, &record, super::lease::now_secs(), may_add) {
                         Ok(RootPut::Stored) => Response::Stored,
                         Ok(RootPut::Refused(r)) => Response::Refused(r),
                         Err(e) => {

@@ -39,6 +39,9 @@ use crate::volume::backup::{BackupPoint, Readiness};
 pub const REFRESH: Duration = Duration::from_secs(600);
 /// A point whose blocks are not all placed within this long is dropped.
 const READY_WITHIN: Duration = Duration::from_secs(600);
+/// Points taken in one round before giving up (each dropped because a block it named was
+/// freed before it was placed).
+const MAX_POINTS: u32 = 20;
 /// Chunks placed at once.
 const IN_FLIGHT: usize = 4;
 /// Time given to each peer asked for its root record.
@@ -119,7 +122,7 @@ async fn round(
     let held = blocking(volume, |v| v.backup_status()).await?.releases_held > 0;
     if !changed && !degraded && !asked && !held && !mem.must_publish {
         if refresh_due && let Some(record) = mem.record.clone() {
-            let held = give_record(shared, &record).await;
+            let (held, _) = give_record(shared, &record).await;
             shared.backup_state.lock().root_holders = held;
             mem.refreshed = Some(Instant::now());
         }
@@ -132,6 +135,35 @@ async fn round(
     r
 }
 
+/// Waits until every block `point` names is on `k` peers: `false` if one was freed first
+/// (take a new point).
+async fn ready(
+    shared: &Arc<Shared>,
+    volume: &Arc<Volume>,
+    point: &Arc<BackupPoint>,
+) -> Result<bool, String> {
+    let since = Instant::now();
+    loop {
+        let p = point.clone();
+        match blocking(volume, move |v| v.backup_readiness(&p)).await? {
+            Readiness::Ready => return Ok(true),
+            Readiness::Stale => return Ok(false),
+            Readiness::Waiting(n) => {
+                if since.elapsed() > READY_WITHIN {
+                    return Err(format!(
+                        "{n} blocks of the volume are still not in the pool"
+                    ));
+                }
+                if shared.stopping() {
+                    return Err("the pool stopped".into());
+                }
+                shared.kick.notify_one();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 /// Takes a point, waits until it can be published, and publishes it (unless it holds
 /// exactly the chunks of the last backup and none needs placing again).
 async fn publish(
@@ -140,34 +172,26 @@ async fn publish(
     mem: &mut Memory,
     force: bool,
 ) -> Result<u64, String> {
-    let point = loop {
-        let point = Arc::new(blocking(volume, |v| v.backup_point()).await?);
-        let since = Instant::now();
-        let stale = loop {
-            let p = point.clone();
-            match blocking(volume, move |v| v.backup_readiness(&p)).await? {
-                Readiness::Ready => break false,
-                Readiness::Stale => break true,
-                Readiness::Waiting(n) => {
-                    if since.elapsed() > READY_WITHIN {
-                        return Err(format!(
-                            "{n} blocks of the volume are still not in the pool"
-                        ));
-                    }
-                    if shared.stopping() {
-                        return Err("the pool stopped".into());
-                    }
-                    shared.kick.notify_one();
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        };
-        if !stale {
-            break point;
+    let mut attempts = 0u32;
+    let (point, (chunks, stats, placed_any)) = loop {
+        attempts += 1;
+        if attempts > MAX_POINTS {
+            return Err(format!(
+                "{MAX_POINTS} snapshots in a row named blocks freed before they were in the pool; trying again later"
+            ));
         }
-        tracing::debug!(target: "bitcloud::pool", "a block of the backup's snapshot was freed before it was placed; taking a new one");
+        let point = Arc::new(blocking(volume, |v| v.backup_point()).await?);
+        if !ready(shared, volume, &point).await? {
+            tracing::debug!(target: "bitcloud::pool", "a block of the backup's snapshot was freed before it was placed; taking a new one");
+            continue;
+        }
+        match place_chunks(shared, volume, point.clone()).await? {
+            Some(placed) => break (point, placed),
+            None => {
+                tracing::debug!(target: "bitcloud::pool", "a block of the backup's snapshot was freed and written again before the dump; taking a new one");
+            }
+        }
     };
-    let (chunks, stats, placed_any) = place_chunks(shared, volume, point.clone()).await?;
     let ids: Vec<BlockId> = chunks.iter().map(|c| c.id).collect();
     if mem.chunks.is_none() {
         let (seq, _) = blocking(volume, |v| v.backup_seq()).await?;
@@ -211,7 +235,11 @@ async fn publish(
     )
     .await?;
     let (seq, record) = sign_root(shared, volume, mem, &point, manifest_ref.clone()).await?;
-    let held = give_record(shared, &record).await;
+    let (held, stale) = give_record(shared, &record).await;
+    if stale > 0 {
+        // Some peer holds a newer (or another) record: another copy may have published.
+        check_fence(shared, volume, mem).await?;
+    }
     if held == 0 {
         return Err("no peer took the root record".into());
     }
@@ -234,13 +262,17 @@ async fn publish(
     Ok(seq)
 }
 
-/// Dumps the point and places every chunk that is not already in the pool whole. Returns
-/// the chunks in order, and whether any was placed now.
+/// What a dump placed: the chunks in order, the dump's figures, whether any chunk was
+/// placed now.
+type Placed = (Vec<ChunkRef>, crate::volume::backup::DumpStats, bool);
+
+/// Dumps the point and places every chunk that is not already in the pool whole. `None`:
+/// the point is stale (see [`DumpError::Stale`](crate::volume::backup::DumpError)).
 async fn place_chunks(
     shared: &Arc<Shared>,
     volume: &Arc<Volume>,
     point: Arc<BackupPoint>,
-) -> Result<(Vec<ChunkRef>, crate::volume::backup::DumpStats, bool), String> {
+) -> Result<Option<Placed>, String> {
     let known: HashMap<BlockId, MetaChunk> = blocking(volume, |v| v.meta_chunks())
         .await?
         .into_iter()
@@ -306,15 +338,19 @@ async fn place_chunks(
     let stats = dumper
         .await
         .map_err(|_| "the backup's dump stopped".to_string())?;
+    let stats = match stats {
+        Err(crate::volume::backup::DumpError::Stale) => return Ok(None),
+        Err(e) => return Err(failure.unwrap_or_else(|| e.to_string())),
+        Ok(s) => s,
+    };
     if let Some(e) = failure {
         return Err(e);
     }
-    let stats = stats?;
     let chunks = out
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or("a chunk of the backup was not placed")?;
-    Ok((chunks, stats, placed_any))
+    Ok(Some((chunks, stats, placed_any)))
 }
 
 /// Seals one chunk and places it, recording it: at least `k` shards must be placed.
@@ -357,14 +393,21 @@ async fn place_chunk(
     })
 }
 
-/// Whether every placed shard of a chunk still counts.
+/// Whether a chunk is in the pool as well as it can be: every placed shard still counts,
+/// at least `k` are placed, and all are if the pool has as many failure domains.
 fn whole(shared: &Shared, c: &MetaChunk) -> bool {
-    c.placement.placed() >= c.placement.data as usize
-        && c.placement
-            .shards
-            .iter()
-            .filter_map(|s| s.holder.as_deref().map(|h| (h, &s.id)))
-            .all(|(h, id)| shared.holder_live(h, id))
+    let p = &c.placement;
+    let live = p
+        .shards
+        .iter()
+        .filter_map(|s| s.holder.as_deref().map(|h| (h, &s.id)))
+        .all(|(h, id)| shared.holder_live(h, id));
+    let domains = super::upload::candidates(shared)
+        .into_iter()
+        .map(|(_, c)| c.domain)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    live && p.placed() >= p.data as usize && (p.is_full() || domains < p.shards.len())
 }
 
 /// Whether a chunk of the current backup has lost a holder.
@@ -397,7 +440,11 @@ async fn check_fence(
     let keys = volume.backup_keys();
     let key = root::keypair(&keys.signing_seed);
     let (mine, instance) = blocking(volume, |v| v.backup_seq()).await?;
-    let records = records_held(shared, root::locator(&key)).await;
+    let (records, answered) = records_held(shared, root::locator(&key)).await;
+    if answered == 0 {
+        // Nothing read is no proof that no other copy published: ask again later.
+        return Err("no storage peer answered a request for the volume's root record".into());
+    }
     let open = |r: &RootRecord| {
         age::decrypt(&keys.identity, &r.payload)
             .ok()
@@ -495,8 +542,8 @@ fn storage_peers(shared: &Shared) -> Vec<PeerId> {
 }
 
 /// The valid records connected storage peers hold for `locator` (one per peer that has
-/// one).
-async fn records_held(shared: &Shared, locator: [u8; 32]) -> Vec<RootRecord> {
+/// one), and how many peers answered at all.
+async fn records_held(shared: &Shared, locator: [u8; 32]) -> (Vec<RootRecord>, usize) {
     let mut asks = JoinSet::new();
     for peer in storage_peers(shared) {
         let client = shared.node.client.clone();
@@ -505,20 +552,21 @@ async fn records_held(shared: &Shared, locator: [u8; 32]) -> Vec<RootRecord> {
                 .await
                 .ok()
                 .and_then(|r| r.ok())
-                .flatten()
         });
     }
-    let mut out = Vec::new();
+    let (mut out, mut answered) = (Vec::new(), 0);
     while let Some(r) = asks.join_next().await {
         if let Ok(Some(r)) = r {
-            out.push(r);
+            answered += 1;
+            out.extend(r);
         }
     }
-    out
+    (out, answered)
 }
 
-/// Gives `record` to every connected storage peer; returns how many keep it.
-async fn give_record(shared: &Shared, record: &[u8]) -> u64 {
+/// Gives `record` to every connected storage peer; returns how many keep it, and how many
+/// refused it as stale (they hold a newer or conflicting one).
+async fn give_record(shared: &Shared, record: &[u8]) -> (u64, u64) {
     let mut puts = JoinSet::new();
     for peer in storage_peers(shared) {
         let client = shared.node.client.clone();
@@ -528,14 +576,23 @@ async fn give_record(shared: &Shared, record: &[u8]) -> u64 {
             if let Ok(Err(e)) = &r {
                 tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "a peer did not take the root record");
             }
-            matches!(r, Ok(Ok(())))
+            match r {
+                Ok(Ok(())) => (1, 0),
+                Ok(Err(crate::node::ClientError::Refused(
+                    crate::node::protocol::Refusal::Stale,
+                ))) => (0, 1),
+                _ => (0, 0),
+            }
         });
     }
-    let mut held = 0;
+    let (mut held, mut stale) = (0, 0);
     while let Some(r) = puts.join_next().await {
-        held += u64::from(matches!(r, Ok(true)));
+        if let Ok((h, s)) = r {
+            held += h;
+            stale += s;
+        }
     }
-    held
+    (held, stale)
 }
 
 async fn blocking<T: Send + 'static>(

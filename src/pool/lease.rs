@@ -110,15 +110,21 @@ async fn shards_by_holder(
         page.iter().flat_map(|(_, p)| &p.shards).for_each(&mut add);
     })
     .await?;
-    // The chunks of the metadata backup too.
+    // The chunks of the metadata backup too, and the copies of freed blocks a kept backup
+    // may still name.
     let volume = shared.volume.upgrade()?;
-    let chunks = tokio::task::spawn_blocking(move || volume.meta_chunks())
-        .await
-        .ok()?
-        .unwrap_or_default();
+    let (chunks, held) = tokio::task::spawn_blocking(move || {
+        (
+            volume.meta_chunks().unwrap_or_default(),
+            volume.held_release_shards().unwrap_or_default(),
+        )
+    })
+    .await
+    .ok()?;
     chunks
         .iter()
         .flat_map(|(_, c)| &c.placement.shards)
+        .chain(&held)
         .for_each(&mut add);
     Some(out)
 }

@@ -50,6 +50,17 @@ pub enum Readiness {
     Stale,
 }
 
+/// Why a dump did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// A block the point names was freed (and perhaps written again) and is no longer in
+    /// the pool as the point knew it: take a new point.
+    #[error("{}", rows::STALE)]
+    Stale,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// What a dump held.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DumpStats {
@@ -173,8 +184,11 @@ impl Volume {
         p: &BackupPoint,
         max: usize,
         mut each: impl FnMut(BlockId, Vec<u8>) -> std::result::Result<(), String>,
-    ) -> std::result::Result<DumpStats, String> {
-        let now = self.meta.read().map_err(|e| e.to_string())?;
+    ) -> std::result::Result<DumpStats, DumpError> {
+        let now = self
+            .meta
+            .read()
+            .map_err(|e| DumpError::Failed(e.to_string()))?;
         let keys = &self.keys;
         let chunker = std::cell::RefCell::new(chunker::Chunker::new(&keys.meta_chunk, max));
         let give = std::cell::RefCell::new(|c: Vec<u8>| {
@@ -202,7 +216,10 @@ impl Volume {
                 Ok(())
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            MetaError::Aborted(why) if why == rows::STALE => DumpError::Stale,
+            e => DumpError::Failed(e.to_string()),
+        })?;
         Ok(stats)
     }
 
@@ -221,12 +238,17 @@ impl Volume {
         Ok(self.meta.read()?.meta_chunks()?)
     }
 
+    /// Shards of freed blocks a kept backup may still name (renewed until they may go).
+    pub fn held_release_shards(&self) -> Result<Vec<crate::meta::placement::ShardPlace>> {
+        Ok(self.meta.read()?.held_release_shards()?)
+    }
+
     /// Records a chunk placed for a backup being published. A chunk with the same id but
     /// another placement (sealed anew because its old shards were no longer all live) has
     /// its old shards released once no kept backup can name them.
     pub fn record_meta_chunk(&self, id: &BlockId, mut chunk: MetaChunk) -> Result<()> {
         let mut tx = self.meta.write()?;
-        if let Some((_, old)) = tx.meta_chunks()?.into_iter().find(|(i, _)| i == id) {
+        if let Some(old) = tx.meta_chunk(id)? {
             if old.placement != chunk.placement {
                 let stamp = tx.sb_value(rows::SB_BACKUP_GEN)?.unwrap_or(0);
                 tx.add_release(id, &old.placement.shards, stamp)?;

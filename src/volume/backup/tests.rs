@@ -52,8 +52,18 @@ fn write(v: &Volume, ino: InodeNo, data: &[u8]) {
     v.release(fh).unwrap();
 }
 
-/// Every chunk of a dump of `v` taken now.
+/// Records every queued block as placed (on made-up holders): what a backup waits for.
+fn place_all(v: &Volume) {
+    let queued: Vec<BlockId> = v.meta.read().unwrap().upload_queue(None, 10_000).unwrap();
+    for (i, b) in queued.iter().enumerate() {
+        v.record_placement(b, &placed((i % 100) as u8 * 2), true)
+            .unwrap();
+    }
+}
+
+/// Every chunk of a dump of `v` taken now (its blocks placed first).
 fn dump(v: &Volume) -> Vec<(BlockId, Vec<u8>)> {
+    place_all(v);
     let point = v.backup_point().unwrap();
     let mut out = Vec::new();
     v.backup_dump(&point, 1 << 20, |id, plain| {
@@ -276,4 +286,97 @@ fn chunks_no_kept_backup_uses_are_released() {
     v.record_meta_chunk(&c, chunk(40)).unwrap();
     let held = v.meta.read().unwrap().release_queue(100).unwrap();
     assert!(held.iter().any(|(i, s)| *i == c && s.len() == 2));
+}
+
+/// The placement rows a dump holds, by block id.
+fn dumped_placements(
+    v: &Volume,
+    point: &BackupPoint,
+) -> std::result::Result<std::collections::HashMap<BlockId, Placement>, DumpError> {
+    let mut out = std::collections::HashMap::new();
+    v.backup_dump(point, 1 << 20, |_, plain| {
+        for e in crate::meta::backup::entries(&plain).unwrap() {
+            if e.table == crate::meta::backup::T_BLOCKS && e.key[0] == 0x03 {
+                let id = BlockId(e.key[1..33].try_into().unwrap());
+                out.insert(id, Placement::decode(e.value).unwrap());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[test]
+fn a_block_freed_and_written_again_keeps_the_placement_the_backup_can_read() {
+    let id = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume_in(dir.path(), &id);
+    let data = vec![7u8; 100_000];
+    let f = node(&v, InodeNo::ROOT, "f", Kind::File, None);
+    write(&v, f, &data);
+    v.checkpoint().unwrap();
+    let blocks: Vec<BlockId> = v.meta.read().unwrap().upload_queue(None, 100).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        v.record_placement(b, &placed(i as u8 * 2), true).unwrap();
+    }
+    let point = v.backup_point().unwrap();
+    // Freed and collected, then the same bytes written again: the same block ids, new
+    // shards, of which too few are placed yet.
+    v.unlink(InodeNo::ROOT, b"f").unwrap();
+    for _ in 0..3 {
+        v.checkpoint().unwrap();
+    }
+    let g = node(&v, InodeNo::ROOT, "g", Kind::File, None);
+    write(&v, g, &data);
+    v.checkpoint().unwrap();
+    let partial = Placement {
+        data: 2,
+        parity: 1,
+        shard_len: 10,
+        shards: (0..3)
+            .map(|i| ShardPlace {
+                id: ShardId([100 + i; 32]),
+                holder: (i == 0).then(|| vec![9; 38]),
+            })
+            .collect(),
+    };
+    for b in &blocks {
+        v.record_placement(b, &partial, false).unwrap();
+    }
+    let got = dumped_placements(&v, &point).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        assert_eq!(
+            got[b],
+            placed(i as u8 * 2),
+            "the placement the point can be read from"
+        );
+    }
+}
+
+#[test]
+fn a_dump_naming_a_block_no_longer_in_the_pool_is_stale() {
+    let id = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = volume_in(dir.path(), &id);
+    let h = node(&v, InodeNo::ROOT, "h", Kind::File, None);
+    write(&v, h, &vec![3u8; 100_000]);
+    v.checkpoint().unwrap();
+    // Queued at the point, placed after it, then freed and collected before the dump.
+    let point = v.backup_point().unwrap();
+    let blocks: Vec<BlockId> = v.meta.read().unwrap().upload_queue(None, 100).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        v.record_placement(b, &placed(i as u8 * 2), true).unwrap();
+    }
+    assert_eq!(v.backup_readiness(&point).unwrap(), Readiness::Ready);
+    v.unlink(InodeNo::ROOT, b"h").unwrap();
+    for _ in 0..3 {
+        v.checkpoint().unwrap();
+    }
+    assert!(matches!(
+        dumped_placements(&v, &point),
+        Err(DumpError::Stale)
+    ));
+    // A new point does not name it.
+    let point = v.backup_point().unwrap();
+    assert!(dumped_placements(&v, &point).unwrap().is_empty());
 }
