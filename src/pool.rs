@@ -27,6 +27,7 @@ pub mod lease;
 pub mod release;
 pub mod repair;
 pub mod restore;
+pub mod roots;
 pub mod upload;
 
 use std::sync::{Arc, Weak};

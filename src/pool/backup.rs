@@ -24,10 +24,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
 use tokio::task::JoinSet;
 
 use super::Shared;
+use super::roots::{self, give_record, storage_peers};
 use crate::ids::BlockId;
 use crate::meta::backup::MetaChunk;
 use crate::node::root::{self, RootRecord};
@@ -44,8 +44,6 @@ const READY_WITHIN: Duration = Duration::from_secs(600);
 const MAX_POINTS: u32 = 20;
 /// Chunks placed at once.
 const IN_FLIGHT: usize = 4;
-/// Time given to each peer asked for its root record.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The publisher's memory between rounds.
 #[derive(Default)]
@@ -424,81 +422,18 @@ async fn current_chunks_degraded(shared: &Arc<Shared>, volume: &Arc<Volume>) -> 
             .any(|(_, c)| c.last_seq == seq && !whole(shared, c))
 }
 
-/// Reads the root records the pool holds: `Err` if another copy of the volume (another
-/// instance) published a newer one than this copy's (which then stops publishing and
-/// releasing for good); otherwise the sequence to publish next.
-///
-/// At this copy's own sequence, a record of another instance is either the one this copy
-/// was recovered from (no record of its own there: it must publish, to claim the volume) or
-/// one published at the same time as this copy's own (the later record wins, then the
-/// larger instance number; the loser stops).
+/// Reads the pool's root records (see [`roots::check`]) and keeps what they say.
 async fn check_fence(
     shared: &Arc<Shared>,
     volume: &Arc<Volume>,
     mem: &mut Memory,
 ) -> Result<u64, String> {
-    let keys = volume.backup_keys();
-    let key = root::keypair(&keys.signing_seed);
-    let (mine, instance) = blocking(volume, |v| v.backup_seq()).await?;
-    let (records, answered) = records_held(shared, root::locator(&key)).await;
-    if answered == 0 {
-        // Nothing read is no proof that no other copy published: ask again later.
-        return Err("no storage peer answered a request for the volume's root record".into());
+    let f = roots::check(shared, volume).await?;
+    if mem.record.is_none() {
+        mem.record = f.own_record;
     }
-    let open = |r: &RootRecord| {
-        age::decrypt(&keys.identity, &r.payload)
-            .ok()
-            .and_then(|p| RootPayload::decode(&p).ok())
-    };
-    let mut own_at_mine: Option<(RootRecord, RootPayload)> = None;
-    let mut others_at_mine: Vec<RootPayload> = Vec::new();
-    let mut newest = mine;
-    for r in &records {
-        newest = newest.max(r.seq);
-        let Some(p) = open(r) else { continue };
-        let theirs = Some(p.instance) != instance;
-        if r.seq > mine && theirs {
-            return Err(superseded(shared, r.seq, &p, mine));
-        }
-        if r.seq == mine && mine > 0 {
-            if theirs {
-                others_at_mine.push(p);
-            } else {
-                own_at_mine = Some((r.clone(), p));
-            }
-        }
-    }
-    match own_at_mine {
-        Some((r, p)) => {
-            if let Some(winner) = others_at_mine
-                .iter()
-                .find(|o| (o.created, o.instance) > (p.created, p.instance))
-            {
-                return Err(superseded(shared, mine, winner, mine));
-            }
-            if mem.record.is_none() {
-                // This copy's own current record: given again at each refresh.
-                mem.record = Some(r.encode());
-            }
-        }
-        // Recovered from that record: publish one of this copy's own.
-        None if !others_at_mine.is_empty() => mem.must_publish = true,
-        None => {}
-    }
-    shared.backup_state.lock().fenced = true;
-    Ok(newest + 1)
-}
-
-/// Records that another copy of the volume published `seq` (this copy is at `mine`): this
-/// copy stops publishing and releasing. Returns the message.
-fn superseded(shared: &Shared, seq: u64, theirs: &RootPayload, mine: u64) -> String {
-    let why = format!(
-        "this volume was recovered on another machine (its backup #{seq} of {} supersedes this copy's #{mine}); this copy no longer publishes its metadata or releases shards: stop using it, or recover it again",
-        crate::units::ago(theirs.created),
-    );
-    tracing::error!(target: "bitcloud::pool", "{why}");
-    shared.backup_state.lock().superseded = Some(why.clone());
-    why
+    mem.must_publish |= f.must_publish;
+    Ok(f.next_seq)
 }
 
 /// Checks this copy was not superseded, and signs the next root record.
@@ -530,72 +465,8 @@ async fn sign_root(
     Ok((seq, record.encode()))
 }
 
-/// Storage peers connected now.
-fn storage_peers(shared: &Shared) -> Vec<PeerId> {
-    shared
-        .node
-        .pool_peers()
-        .into_iter()
-        .filter(|(_, s)| s.offered > 0)
-        .map(|(p, _)| p)
-        .collect()
-}
-
-/// The valid records connected storage peers hold for `locator` (one per peer that has
-/// one), and how many peers answered at all.
-async fn records_held(shared: &Shared, locator: [u8; 32]) -> (Vec<RootRecord>, usize) {
-    let mut asks = JoinSet::new();
-    for peer in storage_peers(shared) {
-        let client = shared.node.client.clone();
-        asks.spawn(async move {
-            tokio::time::timeout(ASK_TIMEOUT, client.get_root(peer, locator))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-        });
-    }
-    let (mut out, mut answered) = (Vec::new(), 0);
-    while let Some(r) = asks.join_next().await {
-        if let Ok(Some(r)) = r {
-            answered += 1;
-            out.extend(r);
-        }
-    }
-    (out, answered)
-}
-
-/// Gives `record` to every connected storage peer; returns how many keep it, and how many
-/// refused it as stale (they hold a newer or conflicting one).
-async fn give_record(shared: &Shared, record: &[u8]) -> (u64, u64) {
-    let mut puts = JoinSet::new();
-    for peer in storage_peers(shared) {
-        let client = shared.node.client.clone();
-        let record = record.to_vec();
-        puts.spawn(async move {
-            let r = tokio::time::timeout(ASK_TIMEOUT, client.put_root(peer, &record)).await;
-            if let Ok(Err(e)) = &r {
-                tracing::debug!(target: "bitcloud::pool", %peer, error = %e, "a peer did not take the root record");
-            }
-            match r {
-                Ok(Ok(())) => (1, 0),
-                Ok(Err(crate::node::ClientError::Refused(
-                    crate::node::protocol::Refusal::Stale,
-                ))) => (0, 1),
-                _ => (0, 0),
-            }
-        });
-    }
-    let (mut held, mut stale) = (0, 0);
-    while let Some(r) = puts.join_next().await {
-        if let Ok((h, s)) = r {
-            held += h;
-            stale += s;
-        }
-    }
-    (held, stale)
-}
-
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on the volume on a blocking thread.
+pub(super) async fn blocking<T: Send + 'static>(
     volume: &Arc<Volume>,
     f: impl FnOnce(&Volume) -> crate::volume::Result<T> + Send + 'static,
 ) -> Result<T, String> {
