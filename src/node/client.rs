@@ -37,6 +37,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("the peer does not have the shard")]
     NotFound,
+    /// An older node that does not know the request (not its fault).
+    #[error("the peer does not support this request (an older bitcloud)")]
+    Unsupported,
 }
 
 impl ClientError {
@@ -130,9 +133,10 @@ impl Client {
     /// Records the outcome against the peer.
     fn note<T>(&self, peer: PeerId, r: Result<T, ClientError>) -> Result<T, ClientError> {
         match &r {
-            Ok(_) | Err(ClientError::NotFound) | Err(ClientError::Refused(_)) => {
-                self.peers.answered(peer, true)
-            }
+            Ok(_)
+            | Err(ClientError::NotFound)
+            | Err(ClientError::Refused(_))
+            | Err(ClientError::Unsupported) => self.peers.answered(peer, true),
             Err(e) => {
                 self.peers.answered(peer, false);
                 if e.is_misbehaviour() {
@@ -279,9 +283,7 @@ impl Client {
             match self.ask(peer, &req, None).await?.0 {
                 Response::Stored => Ok(()),
                 Response::Refused(r) => Err(ClientError::Refused(r)),
-                Response::Unsupported => {
-                    Err(ClientError::Protocol("root records unsupported".into()))
-                }
+                Response::Unsupported => Err(ClientError::Unsupported),
                 other => Err(ClientError::Protocol(format!("{other:?} to a root put"))),
             }
         }
@@ -311,6 +313,7 @@ impl Client {
                 }
                 Response::NotFound => Ok(None),
                 Response::Refused(r) => Err(ClientError::Refused(r)),
+                Response::Unsupported => Err(ClientError::Unsupported),
                 other => Err(ClientError::Protocol(format!("{other:?} to a root get"))),
             }
         }

@@ -271,3 +271,63 @@ async fn a_flood_from_one_peer_is_bounded_counted_and_cut_off() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_records_are_kept_newest_first_and_cannot_be_forged() {
+    use crate::node::root::{RootRecord, keypair, locator};
+    let dir = tempfile::tempdir().unwrap();
+    let store = node(dir.path(), "store", Some(10_000)).await;
+    let owner = node(dir.path(), "owner", None).await;
+    let stranger = node(dir.path(), "stranger", None).await;
+    let (s, o, x) = (store.handle(), owner.handle(), stranger.handle());
+    let addr = s.listen_addrs().into_iter().next().unwrap();
+    o.dial(addr.clone()).await.unwrap();
+    x.dial(addr).await.unwrap();
+    let key = keypair(&[4; 32]);
+    let rec = |seq: u64, payload: &[u8]| RootRecord::sign(&key, seq, payload.to_vec()).unwrap();
+    // A peer that stores nothing here adds no record.
+    assert!(matches!(
+        o.client.put_root(s.id, &rec(1, b"one").encode()).await,
+        Err(ClientError::Refused(Refusal::OfferFull))
+    ));
+    let bytes = vec![1u8; 1000];
+    o.client.put(s.id, shard_id(&bytes), &bytes).await.unwrap();
+    o.client
+        .put_root(s.id, &rec(2, b"two").encode())
+        .await
+        .unwrap();
+    assert!(matches!(
+        o.client.put_root(s.id, &rec(1, b"one").encode()).await,
+        Err(ClientError::Refused(Refusal::Stale))
+    ));
+    // Anyone may read it (the payload is ciphertext) and checks it against the locator.
+    let got = x
+        .client
+        .get_root(s.id, locator(&key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.seq, got.payload.as_slice()), (2, &b"two"[..]));
+    assert!(x.client.get_root(s.id, [9; 32]).await.unwrap().is_none());
+    // A record signed by another key under this locator is refused.
+    let mut forged = RootRecord::sign(&keypair(&[5; 32]), 9, b"mine".to_vec())
+        .unwrap()
+        .encode();
+    forged[4..36].copy_from_slice(&locator(&key));
+    assert!(matches!(
+        x.client.put_root(s.id, &forged).await,
+        Err(ClientError::Refused(Refusal::BadRecord))
+    ));
+    // A newer one from the owner replaces it.
+    o.client
+        .put_root(s.id, &rec(3, b"three").encode())
+        .await
+        .unwrap();
+    let got = o
+        .client
+        .get_root(s.id, locator(&key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.seq, 3);
+}

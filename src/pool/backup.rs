@@ -170,6 +170,13 @@ async fn publish(
     mem: &mut Memory,
     force: bool,
 ) -> Result<u64, String> {
+    // Nothing is placed for a backup no peer could keep the record of.
+    if roots::check(shared, volume).await?.keeping == 0 {
+        return Err(
+            "no storage peer keeps root records (they run an older bitcloud): the metadata is not backed up"
+                .into(),
+        );
+    }
     let mut attempts = 0u32;
     let (point, (chunks, stats, placed_any)) = loop {
         attempts += 1;

@@ -22,6 +22,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the pool's records say to this copy.
 pub(super) struct Fence {
+    /// Peers that keep root records (older nodes answer that they do not).
+    pub keeping: usize,
     /// The sequence to publish next: above every record seen.
     pub next_seq: u64,
     /// This copy's own current record, as the pool holds it (given again at refreshes).
@@ -43,7 +45,7 @@ pub(super) async fn check(shared: &Arc<Shared>, volume: &Arc<Volume>) -> Result<
     let keys = volume.backup_keys();
     let key = root::keypair(&keys.signing_seed);
     let (mine, instance) = super::backup::blocking(volume, |v| v.backup_seq()).await?;
-    let (records, answered) = records_held(shared, root::locator(&key)).await;
+    let (records, answered, keeping) = records_held(shared, root::locator(&key)).await;
     if answered == 0 {
         // Nothing read is no proof that no other copy published: ask again later.
         return Err("no storage peer answered a request for the volume's root record".into());
@@ -72,6 +74,7 @@ pub(super) async fn check(shared: &Arc<Shared>, volume: &Arc<Volume>) -> Result<
         }
     }
     let mut fence = Fence {
+        keeping,
         next_seq: newest + 1,
         own_record: None,
         must_publish: false,
@@ -117,8 +120,8 @@ pub(super) fn storage_peers(shared: &Shared) -> Vec<PeerId> {
 }
 
 /// The valid records connected storage peers hold for `locator` (one per peer that has
-/// one), and how many peers answered at all.
-async fn records_held(shared: &Shared, locator: [u8; 32]) -> (Vec<RootRecord>, usize) {
+/// one), how many peers answered at all, and how many of those keep root records.
+async fn records_held(shared: &Shared, locator: [u8; 32]) -> (Vec<RootRecord>, usize, usize) {
     let mut asks = JoinSet::new();
     for peer in storage_peers(shared) {
         let client = shared.node.client.clone();
@@ -126,17 +129,22 @@ async fn records_held(shared: &Shared, locator: [u8; 32]) -> (Vec<RootRecord>, u
             tokio::time::timeout(ASK_TIMEOUT, client.get_root(peer, locator))
                 .await
                 .ok()
-                .and_then(|r| r.ok())
         });
     }
-    let (mut out, mut answered) = (Vec::new(), 0);
+    let (mut out, mut answered, mut keeping) = (Vec::new(), 0, 0);
     while let Some(r) = asks.join_next().await {
-        if let Ok(Some(r)) = r {
-            answered += 1;
-            out.extend(r);
+        match r {
+            Ok(Some(Ok(r))) => {
+                answered += 1;
+                keeping += 1;
+                out.extend(r);
+            }
+            // An older node: it holds no record, of this copy or another.
+            Ok(Some(Err(crate::node::ClientError::Unsupported))) => answered += 1,
+            _ => {}
         }
     }
-    (out, answered)
+    (out, answered, keeping)
 }
 
 /// Gives `record` to every connected storage peer; returns how many keep it, and how many
