@@ -282,6 +282,7 @@ async fn place_chunks(
         .await?
         .into_iter()
         .collect();
+    let domains = free_domains(shared);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(BlockId, Vec<u8>)>(2);
     let v = volume.clone();
     let max = crate::node::protocol::MAX_SHARD as usize;
@@ -307,7 +308,7 @@ async fn place_chunks(
     while let Some((id, plain)) = rx.recv().await {
         let i = out.len();
         out.push(None);
-        if let Some(c) = known.get(&id).filter(|c| whole(shared, c)) {
+        if let Some(c) = known.get(&id).filter(|c| whole(shared, domains, c)) {
             out[i] = Some(ChunkRef {
                 id,
                 plain_len: c.plain_len,
@@ -400,19 +401,24 @@ async fn place_chunk(
 
 /// Whether a chunk is in the pool as well as it can be: every placed shard still counts,
 /// at least `k` are placed, and all are if the pool has as many failure domains.
-fn whole(shared: &Shared, c: &MetaChunk) -> bool {
+/// `domains`: the failure domains that may take shards now ([`free_domains`]).
+fn whole(shared: &Shared, domains: usize, c: &MetaChunk) -> bool {
     let p = &c.placement;
     let live = p
         .shards
         .iter()
         .filter_map(|s| s.holder.as_deref().map(|h| (h, &s.id)))
         .all(|(h, id)| shared.holder_live(h, id));
-    let domains = super::upload::candidates(shared)
+    live && p.placed() >= p.data as usize && (p.is_full() || domains < p.shards.len())
+}
+
+/// How many failure domains may take shards now.
+fn free_domains(shared: &Shared) -> usize {
+    super::upload::candidates(shared)
         .into_iter()
         .map(|(_, c)| c.domain)
         .collect::<std::collections::HashSet<_>>()
-        .len();
-    live && p.placed() >= p.data as usize && (p.is_full() || domains < p.shards.len())
+        .len()
 }
 
 /// Whether a chunk of the current backup has lost a holder.
@@ -423,10 +429,11 @@ async fn current_chunks_degraded(shared: &Arc<Shared>, volume: &Arc<Volume>) -> 
     let Ok(chunks) = blocking(volume, |v| v.meta_chunks()).await else {
         return false;
     };
+    let domains = free_domains(shared);
     seq > 0
         && chunks
             .iter()
-            .any(|(_, c)| c.last_seq == seq && !whole(shared, c))
+            .any(|(_, c)| c.last_seq == seq && !whole(shared, domains, c))
 }
 
 /// Reads the pool's root records (see [`roots::check`]) and keeps what they say.
